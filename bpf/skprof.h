@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Wire types and constants shared by the probes (skprof.bpf.c) and user space.
+ * User space reads these through the skeleton's generated `types`, never
+ * through a hand-written twin: change a layout here and both sides follow.
+ */
+#ifndef SKPROF_H
+#define SKPROF_H
+
+/*
+ * The traced kernel functions. The order is the map index and is mirrored by
+ * `model::Helper` (checked by a unit test against the skeleton's enum).
+ * Four families (generic, tc, xdp, sock_addr) x three protocols.
+ */
+enum skprof_helper {
+	SKPROF_H_SK_LOOKUP_TCP = 0,
+	SKPROF_H_SK_LOOKUP_UDP,
+	SKPROF_H_SKC_LOOKUP_TCP,
+	SKPROF_H_TC_SK_LOOKUP_TCP,
+	SKPROF_H_TC_SK_LOOKUP_UDP,
+	SKPROF_H_TC_SKC_LOOKUP_TCP,
+	SKPROF_H_XDP_SK_LOOKUP_TCP,
+	SKPROF_H_XDP_SK_LOOKUP_UDP,
+	SKPROF_H_XDP_SKC_LOOKUP_TCP,
+	SKPROF_H_SOCK_ADDR_SK_LOOKUP_TCP,
+	SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP,
+	SKPROF_H_SOCK_ADDR_SKC_LOOKUP_TCP,
+	SKPROF_NR_HELPERS,
+};
+
+/* How a lookup ended. Misses are classified from the arguments exactly as
+ * __bpf_skc_lookup() in net/core/filter.c rejects them. */
+enum skprof_outcome {
+	SKPROF_O_HIT = 0,
+	SKPROF_O_NO_SOCKET,	/* valid arguments, nothing found (or netns id unknown) */
+	SKPROF_O_BAD_LEN,	/* len is neither sizeof(ipv4) = 12 nor sizeof(ipv6) = 36 */
+	SKPROF_O_BAD_NETNS,	/* netns_id neither negative (s32) nor <= S32_MAX */
+	SKPROF_O_BAD_FLAGS,	/* flags != 0 */
+	SKPROF_NR_OUTCOMES,
+};
+
+/* What kind of socket a lookup returned or a release was given. */
+enum skprof_sock_class {
+	SKPROF_C_LISTENER = 0,	/* TCP_LISTEN full socket (SOCK_RCU_FREE: no ref) */
+	SKPROF_C_ESTABLISHED,	/* any other full TCP socket (refcounted) */
+	SKPROF_C_TIME_WAIT,	/* inet_timewait_sock (refcounted) */
+	SKPROF_C_REQUEST,	/* request_sock, TCP_NEW_SYN_RECV (refcounted) */
+	SKPROF_C_UDP,		/* full UDP socket (SOCK_RCU_FREE: no ref) */
+	SKPROF_C_OTHER,		/* any other full socket */
+	SKPROF_NR_CLASSES,
+};
+
+/*
+ * Log-linear latency histogram: values below 2^SUB_BITS ns are exact, every
+ * power of two above is split into 2^SUB_BITS equal slots, so a slot is at
+ * most 1/32 = 3.1% wide and its midpoint within 1.6% of any value in it.
+ * Slot of v (v >= 32, e = floor(log2 v)): (e - 5) * 32 + (v >> (e - 5)).
+ * Values of 2^MAX_EXP ns (34 s) and more land in the last slot and are
+ * counted in `overflow`.
+ */
+#define SKPROF_HIST_SUB_BITS 5
+#define SKPROF_HIST_SUB (1 << SKPROF_HIST_SUB_BITS)
+#define SKPROF_HIST_MAX_EXP 35
+#define SKPROF_HIST_SLOTS ((SKPROF_HIST_MAX_EXP - SKPROF_HIST_SUB_BITS + 1) * SKPROF_HIST_SUB)
+
+/* One (helper, outcome) latency histogram; per-CPU map value. */
+struct skprof_hist {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 max_ns;
+	__u64 overflow;
+	__u64 slots[SKPROF_HIST_SLOTS];
+};
+
+/* Reference and health counters; per-CPU map value (one entry). */
+struct skprof_counters {
+	/* lookups that returned a socket, by helper and socket class */
+	__u64 hits[SKPROF_NR_HELPERS][SKPROF_NR_CLASSES];
+	/* of those, the ones that took a reference the program must release */
+	__u64 acquired[SKPROF_NR_HELPERS][SKPROF_NR_CLASSES];
+	/* bpf_sk_release() calls that dropped a reference, by class */
+	__u64 released[SKPROF_NR_CLASSES];
+	/* bpf_sk_release() calls on a socket that holds no reference (no-op) */
+	__u64 release_noop[SKPROF_NR_CLASSES];
+	/* bpf_sk_release(NULL) */
+	__u64 release_null;
+	/* an exit probe found no entry record: its entry was missed or evicted */
+	__u64 unmatched_exit[SKPROF_NR_HELPERS];
+	/* an entry record overwritten because all in-flight slots were busy
+	 * (an exit that never came, e.g. a recursion-missed fexit) */
+	__u64 evicted_entry[SKPROF_NR_HELPERS];
+};
+
+/* Nested lookups one CPU can have in flight (process-context sock_addr call,
+ * softirq lookup on top, and NMI-free margin). */
+#define SKPROF_INFLIGHT 8
+
+#endif /* SKPROF_H */

@@ -1,0 +1,3 @@
+//! The pure core: no I/O, fed with snapshots read from the BPF maps (or a
+//! recording) and unit-tested with recorded data.
+pub mod ids;

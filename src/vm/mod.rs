@@ -1,0 +1,1 @@
+//! VM harness (being written).

@@ -95,4 +95,18 @@ struct skprof_counters {
  * softirq lookup on top, and NMI-free margin). */
 #define SKPROF_INFLIGHT 8
 
+/*
+ * The layout constants, as a read-only global of the probe object: user space
+ * checks them against its own tables at load, and they bring the enums into
+ * the skeleton's generated types.
+ */
+struct skprof_layout {
+	enum skprof_helper nr_helpers;
+	enum skprof_outcome nr_outcomes;
+	enum skprof_sock_class nr_classes;
+	__u32 hist_sub_bits;
+	__u32 hist_max_exp;
+	__u32 hist_slots;
+};
+
 #endif /* SKPROF_H */

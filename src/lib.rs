@@ -1,4 +1,12 @@
 //! skprof: a live profiler for the BPF socket-lookup helpers.
+//!
+//! One lookup's path: `bpf/skprof.bpf.c` aggregates it in per-CPU maps →
+//! `bpf::probes` reads and merges them into a `model::snapshot::Snapshot` →
+//! `model` turns two snapshots into interval statistics → `cli` prints them.
+pub mod bpf;
+pub mod cli;
+pub mod error;
+pub mod kernel;
 pub mod model;
 pub mod vm;
 pub mod workload;

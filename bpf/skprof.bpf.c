@@ -1,0 +1,369 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * skprof probes: entry/exit of every socket-lookup helper function and entry
+ * of bpf_sk_release. Everything is aggregated here, per CPU: a latency
+ * histogram per (helper, outcome) and reference counters. Nothing is sent
+ * per call; user space reads and merges the per-CPU maps each interval.
+ *
+ * Two probe modes, chosen by user space through autoload:
+ *   fentry/fexit (default): the exit sees the arguments, so an entry is
+ *     matched to its exit by (ctx, tuple) pointers.
+ *   kprobe/kretprobe (fallback): the return probe sees no arguments, so an
+ *     entry is matched by (pid_tgid, helper), most recent first, and the miss
+ *     reason is computed at entry.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "skprof.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define S32_MAX_ 0x7fffffffULL
+#define TUPLE_V4_LEN 12 /* sizeof(((struct bpf_sock_tuple *)0)->ipv4) */
+#define TUPLE_V6_LEN 36 /* sizeof(((struct bpf_sock_tuple *)0)->ipv6) */
+
+/* One call between its entry and exit. ts == 0 marks a free slot. */
+struct inflight_slot {
+	__u64 ts;
+	__u64 k1;	/* fentry: ctx pointer;   kprobe: pid_tgid */
+	__u64 k2;	/* fentry: tuple pointer; kprobe: 0 */
+	__u32 helper;
+	__u32 reason;	/* kprobe mode: miss reason computed at entry */
+};
+
+struct inflight {
+	struct inflight_slot s[SKPROF_INFLIGHT];
+};
+
+/* key: 0; value: this CPU's calls between entry and exit */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+/* key: helper * SKPROF_NR_OUTCOMES + outcome; value: latency histogram */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SKPROF_NR_HELPERS * SKPROF_NR_OUTCOMES);
+	__type(key, __u32);
+	__type(value, struct skprof_hist);
+} hists SEC(".maps");
+
+/* key: 0; value: reference and health counters */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct skprof_counters);
+} counters SEC(".maps");
+
+const volatile struct skprof_layout skprof_layout = {
+	.nr_helpers = SKPROF_NR_HELPERS,
+	.nr_outcomes = SKPROF_NR_OUTCOMES,
+	.nr_classes = SKPROF_NR_CLASSES,
+	.hist_sub_bits = SKPROF_HIST_SUB_BITS,
+	.hist_max_exp = SKPROF_HIST_MAX_EXP,
+	.hist_slots = SKPROF_HIST_SLOTS,
+};
+
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+/* Slot of a latency value; see SKPROF_HIST_* in skprof.h. */
+static __always_inline __u32 hist_slot(__u64 v)
+{
+	__u32 e;
+
+	if (v < SKPROF_HIST_SUB)
+		return v;
+	if (v >= (1ULL << SKPROF_HIST_MAX_EXP))
+		return SKPROF_HIST_SLOTS - 1;
+	e = log2_u64(v);
+	return (e - SKPROF_HIST_SUB_BITS) * SKPROF_HIST_SUB +
+	       (__u32)(v >> (e - SKPROF_HIST_SUB_BITS));
+}
+
+static __always_inline bool is_xdp(__u32 helper)
+{
+	return helper >= SKPROF_H_XDP_SK_LOOKUP_TCP &&
+	       helper <= SKPROF_H_XDP_SKC_LOOKUP_TCP;
+}
+
+/*
+ * Why a lookup that returned NULL missed, from its arguments, in the order
+ * __bpf_skc_lookup() (net/core/filter.c) checks them. An explicit netns id
+ * that names no namespace is indistinguishable here from "no socket".
+ */
+static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id,
+					 __u64 flags)
+{
+	__u32 l = (__u32)len;	/* declared u32 in every BPF_CALL_5 */
+
+	if (l != TUPLE_V4_LEN && l != TUPLE_V6_LEN)
+		return SKPROF_O_BAD_LEN;
+	/* The XDP variants declare netns_id as u32 (bpf_xdp_sk_lookup_tcp). */
+	if (is_xdp(helper))
+		netns_id = (__u32)netns_id;
+	if (flags)
+		return SKPROF_O_BAD_FLAGS;
+	if (!((__s32)netns_id < 0 || netns_id <= S32_MAX_))
+		return SKPROF_O_BAD_NETNS;
+	return SKPROF_O_NO_SOCKET;
+}
+
+/*
+ * Whether bpf_sk_release() of this socket drops a reference: the kernel's
+ * sk_is_refcounted() is !sk_fullsock(sk) || !sock_flag(sk, SOCK_RCU_FREE).
+ * skc_flags shares a union with skc_listener / skc_tw_dr, so it is read only
+ * for full sockets. SOCK_RCU_FREE moved (24 on 5.4, 23 on 6.12): CO-RE enum.
+ */
+static __always_inline bool refcounted(struct sock_common *skc, __u8 state)
+{
+	unsigned long flags;
+
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return true;
+	flags = BPF_CORE_READ(skc, skc_flags);
+	return !(flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_RCU_FREE)));
+}
+
+static __always_inline __u32 sock_class(struct sock_common *skc, __u8 state)
+{
+	struct sock *sk = (struct sock *)skc;
+	__u16 proto;
+
+	if (state == TCP_TIME_WAIT)
+		return SKPROF_C_TIME_WAIT;
+	if (state == TCP_NEW_SYN_RECV)
+		return SKPROF_C_REQUEST;
+	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
+	 * bitfield read handles both. */
+	proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	if (proto == IPPROTO_UDP)
+		return SKPROF_C_UDP;
+	if (proto != IPPROTO_TCP)
+		return SKPROF_C_OTHER;
+	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
+}
+
+static __always_inline struct skprof_counters *get_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&counters, &zero);
+}
+
+static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 reason)
+{
+	struct inflight_slot *slot = NULL, *oldest = NULL;
+	struct skprof_counters *c;
+	struct inflight *f;
+	__u32 zero = 0;
+	int i;
+
+	f = bpf_map_lookup_elem(&inflight, &zero);
+	if (!f)
+		return;
+	for (i = 0; i < SKPROF_INFLIGHT; i++) {
+		struct inflight_slot *s = &f->s[i];
+
+		/* Claim atomically: a softirq lookup may interrupt a
+		 * process-context (sock_addr) probe on this CPU. */
+		if (s->ts == 0 && __sync_val_compare_and_swap(&s->ts, 0, 1) == 0) {
+			slot = s;
+			break;
+		}
+		if (!oldest || s->ts < oldest->ts)
+			oldest = s;
+	}
+	if (!slot) {
+		/* Every slot is held by a call whose exit never came (e.g. a
+		 * recursion-missed fexit): reuse the oldest, and say so. */
+		if (!oldest)
+			return;
+		slot = oldest;
+		c = get_counters();
+		if (c && slot->helper < SKPROF_NR_HELPERS)
+			c->evicted_entry[slot->helper]++;
+	}
+	slot->k1 = k1;
+	slot->k2 = k2;
+	slot->helper = helper;
+	slot->reason = reason;
+	/* Last, so the probe's own work stays outside the timed window. */
+	slot->ts = bpf_ktime_get_ns();
+}
+
+static __always_inline void on_exit(__u32 helper, __u64 k1, __u64 k2, __u64 ret,
+				    bool reason_at_exit, __u64 len, __u64 netns_id,
+				    __u64 flags)
+{
+	__u64 now = bpf_ktime_get_ns();	/* first: see on_entry */
+	struct inflight_slot *match = NULL;
+	struct skprof_counters *c;
+	struct skprof_hist *h;
+	struct inflight *f;
+	__u32 zero = 0, outcome, key, slot;
+	__u64 delta, ts = 0;
+	int i;
+
+	f = bpf_map_lookup_elem(&inflight, &zero);
+	if (!f)
+		return;
+	/* The most recent entry with our key: in kprobe mode the same task can
+	 * have nested calls (a softirq lookup on top of a sock_addr one). */
+	for (i = 0; i < SKPROF_INFLIGHT; i++) {
+		struct inflight_slot *s = &f->s[i];
+
+		if (s->ts > 1 && s->k1 == k1 && s->k2 == k2 && s->helper == helper &&
+		    s->ts > ts) {
+			match = s;
+			ts = s->ts;
+		}
+	}
+	if (!match) {
+		c = get_counters();
+		if (c && helper < SKPROF_NR_HELPERS)
+			c->unmatched_exit[helper]++;
+		return;
+	}
+	if (ret)
+		outcome = SKPROF_O_HIT;
+	else if (reason_at_exit)
+		outcome = miss_reason(helper, len, netns_id, flags);
+	else
+		outcome = match->reason;
+	match->ts = 0;
+
+	delta = now > ts ? now - ts : 0;
+	key = helper * SKPROF_NR_OUTCOMES + outcome;
+	h = bpf_map_lookup_elem(&hists, &key);
+	if (h) {
+		slot = hist_slot(delta);
+		/* Keep clang from checking one copy of slot and indexing
+		 * with another, which the verifier cannot follow. */
+		barrier_var(slot);
+		if (slot < SKPROF_HIST_SLOTS)
+			h->slots[slot]++;
+		if (delta >= (1ULL << SKPROF_HIST_MAX_EXP))
+			h->overflow++;
+		h->count++;
+		h->sum_ns += delta;
+		if (delta > h->max_ns)
+			h->max_ns = delta;
+	}
+	if (ret) {
+		struct sock_common *skc = (struct sock_common *)ret;
+		__u8 state = BPF_CORE_READ(skc, skc_state);
+		__u32 cls = sock_class(skc, state);
+
+		c = get_counters();
+		if (c && helper < SKPROF_NR_HELPERS && cls < SKPROF_NR_CLASSES) {
+			c->hits[helper][cls]++;
+			if (refcounted(skc, state))
+				c->acquired[helper][cls]++;
+		}
+	}
+}
+
+/*
+ * bpf_sk_release(sk): count whether it drops a reference. Read the socket
+ * here, at entry: after the call it may already be freed.
+ */
+static __always_inline void on_release(__u64 sk)
+{
+	struct sock_common *skc = (struct sock_common *)sk;
+	struct skprof_counters *c = get_counters();
+	__u8 state;
+	__u32 cls;
+
+	if (!c)
+		return;
+	if (!sk) {
+		c->release_null++;
+		return;
+	}
+	state = BPF_CORE_READ(skc, skc_state);
+	cls = sock_class(skc, state);
+	if (cls >= SKPROF_NR_CLASSES)
+		return;
+	if (refcounted(skc, state))
+		c->released[cls]++;
+	else
+		c->release_noop[cls]++;
+}
+
+/*
+ * Every helper is BPF_CALL_5(name, ctx, tuple, len, netns_id, flags): in BTF
+ * the traced function is u64 name(u64, u64, u64, u64, u64) returning the
+ * struct sock * (or NULL) as u64.
+ */
+#define FENTRY_PAIR(fn, id)						\
+SEC("fentry/" #fn)							\
+int BPF_PROG(fentry_##fn, __u64 pctx, __u64 tuple)			\
+{									\
+	on_entry(id, pctx, tuple, 0);					\
+	return 0;							\
+}									\
+SEC("fexit/" #fn)							\
+int BPF_PROG(fexit_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
+	     __u64 netns_id, __u64 flags, __u64 ret)			\
+{									\
+	on_exit(id, pctx, tuple, ret, true, len, netns_id, flags);	\
+	return 0;							\
+}									\
+SEC("kprobe/" #fn)							\
+int BPF_KPROBE(kprobe_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
+	       __u64 netns_id, __u64 flags)				\
+{									\
+	on_entry(id, bpf_get_current_pid_tgid(), 0,			\
+		 miss_reason(id, len, netns_id, flags));		\
+	return 0;							\
+}									\
+SEC("kretprobe/" #fn)							\
+int BPF_KRETPROBE(kretprobe_##fn, __u64 ret)				\
+{									\
+	on_exit(id, bpf_get_current_pid_tgid(), 0, ret, false, 0, 0, 0); \
+	return 0;							\
+}
+
+FENTRY_PAIR(bpf_sk_lookup_tcp, SKPROF_H_SK_LOOKUP_TCP)
+FENTRY_PAIR(bpf_sk_lookup_udp, SKPROF_H_SK_LOOKUP_UDP)
+FENTRY_PAIR(bpf_skc_lookup_tcp, SKPROF_H_SKC_LOOKUP_TCP)
+FENTRY_PAIR(bpf_tc_sk_lookup_tcp, SKPROF_H_TC_SK_LOOKUP_TCP)
+FENTRY_PAIR(bpf_tc_sk_lookup_udp, SKPROF_H_TC_SK_LOOKUP_UDP)
+FENTRY_PAIR(bpf_tc_skc_lookup_tcp, SKPROF_H_TC_SKC_LOOKUP_TCP)
+FENTRY_PAIR(bpf_xdp_sk_lookup_tcp, SKPROF_H_XDP_SK_LOOKUP_TCP)
+FENTRY_PAIR(bpf_xdp_sk_lookup_udp, SKPROF_H_XDP_SK_LOOKUP_UDP)
+FENTRY_PAIR(bpf_xdp_skc_lookup_tcp, SKPROF_H_XDP_SKC_LOOKUP_TCP)
+FENTRY_PAIR(bpf_sock_addr_sk_lookup_tcp, SKPROF_H_SOCK_ADDR_SK_LOOKUP_TCP)
+FENTRY_PAIR(bpf_sock_addr_sk_lookup_udp, SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP)
+FENTRY_PAIR(bpf_sock_addr_skc_lookup_tcp, SKPROF_H_SOCK_ADDR_SKC_LOOKUP_TCP)
+
+SEC("fentry/bpf_sk_release")
+int BPF_PROG(fentry_bpf_sk_release, __u64 sk)
+{
+	on_release(sk);
+	return 0;
+}
+
+SEC("kprobe/bpf_sk_release")
+int BPF_KPROBE(kprobe_bpf_sk_release, __u64 sk)
+{
+	on_release(sk);
+	return 0;
+}

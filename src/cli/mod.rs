@@ -1,0 +1,284 @@
+//! Command-line interface: parsing, the tracing session shared by the
+//! commands, and the background workload.
+
+pub mod check;
+pub mod stat;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::bpf::probes::{ProbeKind, ProbeMode, Probes};
+use crate::error::{SkprofError, EXIT_CODES_HELP};
+use crate::kernel::{self, KernelFunctions, Privileges};
+use crate::model::ids::Family;
+use crate::workload::{Workload, WorkloadArgs, WorkloadOpts};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skprof",
+    version,
+    about = "Live profiler for the BPF socket-lookup helpers (bpf_sk_lookup_tcp/udp, \
+             bpf_skc_lookup_tcp and their tc/XDP/sock_addr variants, bpf_sk_release): \
+             calls, latency, hit ratio and socket-reference balance.",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what this kernel allows (BTF, fentry, kprobes, helper functions,
+    /// privileges) and whether skprof can trace here.
+    Check(check::CheckArgs),
+    /// Print per-helper calls, hit ratio, latency percentiles and references
+    /// every INTERVAL seconds, COUNT times.
+    Stat(stat::StatArgs),
+    /// Run the built-in workload alone: BPF programs of skprof's own that
+    /// call every lookup helper family with exact, known counts.
+    Workload(WorkloadArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    crate::bpf::init_logging();
+    match cli.command {
+        Command::Check(a) => check::run(&a),
+        Command::Stat(a) => stat::run(&a),
+        Command::Workload(a) => crate::workload::run_cli(&a),
+    }
+}
+
+/// Flags shared by every tracing command.
+#[derive(Debug, clap::Args)]
+pub struct SessionArgs {
+    /// Probe kind: fentry/fexit (cheapest), kprobe/kretprobe, or auto
+    /// (fentry, else kprobes).
+    #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
+    pub probe_mode: ProbeMode,
+    /// Also run the built-in workload in the background, so there is
+    /// something to see on an idle machine.
+    #[arg(long)]
+    pub workload: bool,
+    /// Workload: lookups per case per round.
+    #[arg(long, default_value_t = 100, requires = "workload")]
+    pub workload_count: u64,
+    /// Workload: number of rounds, then the command ends (default: until
+    /// the command ends).
+    #[arg(long, requires = "workload")]
+    pub workload_rounds: Option<u64>,
+    /// Workload: target lookups per second, all cases together.
+    #[arg(long, default_value_t = 2000.0, requires = "workload")]
+    pub workload_rate: f64,
+    /// Workload: seconds to run, then the command ends.
+    #[arg(long, value_parser = parse_interval, requires = "workload")]
+    pub workload_duration: Option<f64>,
+    /// Workload: program families to drive (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "workload")]
+    pub workload_family: Vec<FamilyArg>,
+}
+
+/// `--workload-family` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyArg {
+    Generic,
+    Tc,
+    Xdp,
+    SockAddr,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Family {
+        match f {
+            FamilyArg::Generic => Family::Generic,
+            FamilyArg::Tc => Family::Tc,
+            FamilyArg::Xdp => Family::Xdp,
+            FamilyArg::SockAddr => Family::SockAddr,
+        }
+    }
+}
+
+pub fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v.is_finite() && (0.01..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("'{s}' is out of range (0.01 to 86400 seconds)"))
+    }
+}
+
+/// Sets `stop` on SIGINT and SIGTERM, so the command can end cleanly and
+/// its links detach (SIGKILL needs nothing: the kernel closes the fds).
+pub fn install_stop_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(stop))
+            .with_context(|| format!("install handler for signal {sig}"))?;
+    }
+    Ok(())
+}
+
+/// A tracing session: what the kernel offers and the attached probes.
+pub struct Session {
+    pub funcs: KernelFunctions,
+    pub probes: Probes,
+    pub kernel: String,
+}
+
+impl Session {
+    pub fn start(args: &SessionArgs) -> Result<Session> {
+        let privs = Privileges::current();
+        if !privs.sufficient() {
+            return Err(SkprofError::Privileges(
+                "tracing needs root, or CAP_BPF and CAP_PERFMON: run with sudo".into(),
+            )
+            .into());
+        }
+        let funcs = KernelFunctions::discover();
+        let probes = Probes::load(args.probe_mode, &funcs)?;
+        Ok(Session {
+            funcs,
+            probes,
+            kernel: kernel::release(),
+        })
+    }
+
+    pub fn banner(&self) -> String {
+        let p = &self.probes;
+        let kind = match p.kind() {
+            ProbeKind::Fentry => "fentry/fexit",
+            ProbeKind::Kprobe => "kprobe/kretprobe",
+        };
+        let mut s = format!(
+            "Tracing {} helper functions and bpf_sk_release with {kind} on {} ({} programs). Ctrl-C to end.",
+            p.helpers().len(),
+            self.kernel,
+            p.attached()
+        );
+        if let Some(why) = &p.fallback_reason {
+            s += &format!("\nfentry unavailable, using kprobes: {why}");
+        }
+        s
+    }
+}
+
+/// The built-in workload running in a background thread.
+pub struct WorkloadRunner {
+    handle: JoinHandle<Result<crate::workload::Tally>>,
+    done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WorkloadRunner {
+    /// Sets the workload up (errors surface here, before any interval) and
+    /// starts it. `None` without `--workload`.
+    pub fn start(args: &SessionArgs, _session: &Session) -> Result<Option<WorkloadRunner>> {
+        if !args.workload {
+            return Ok(None);
+        }
+        let families: Vec<Family> = if args.workload_family.is_empty() {
+            vec![Family::Generic, Family::Tc, Family::Xdp, Family::SockAddr]
+        } else {
+            args.workload_family.iter().map(|&f| f.into()).collect()
+        };
+        let opts = WorkloadOpts {
+            count: args.workload_count,
+            rounds: args.workload_rounds,
+            rate: Some(args.workload_rate),
+            duration: args.workload_duration.map(Duration::from_secs_f64),
+            families,
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (done2, stop2) = (Arc::clone(&done), Arc::clone(&stop));
+        let handle = std::thread::Builder::new()
+            .name("skprof-workload".into())
+            .spawn(move || {
+                let result = match Workload::setup(&opts) {
+                    Ok(mut w) => {
+                        let _ = ready_tx.send(Ok(()));
+                        w.run(&stop2)
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        let _ = ready_tx.send(Err(e));
+                        Err(anyhow!(msg))
+                    }
+                };
+                done2.store(true, Ordering::Relaxed);
+                result
+            })
+            .context("start the workload thread")?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the workload thread ended during setup"))?
+            .context("set up the built-in workload")?;
+        Ok(Some(WorkloadRunner { handle, done, stop }))
+    }
+
+    pub fn finished(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Stops the workload and reports what it did: in JSON mode one line
+    /// `{"type":"workload","expected":...}` with its exact counts per helper
+    /// function, for comparison with the probes' figures.
+    pub fn finish(self, session: &Session, json: bool, out: &mut impl Write) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let tally = self
+            .handle
+            .join()
+            .map_err(|_| anyhow!("the workload thread panicked"))?
+            .context("built-in workload")?;
+        let expected = tally.by_helper(session.funcs.has_tc_variants());
+        if json {
+            let line = serde_json::json!({"type": "workload", "expected": expected});
+            writeln!(out, "{line}").context("write to stdout")?;
+        } else {
+            writeln!(out, "\nworkload: {} lookups done", tally.total_calls())
+                .context("write to stdout")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn intervals_are_validated() {
+        assert_eq!(parse_interval("0.5"), Ok(0.5));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("abc").is_err());
+        assert!(parse_interval("NaN").is_err());
+    }
+
+    #[test]
+    fn stat_parses_positional_interval_and_count() {
+        let cli =
+            Cli::try_parse_from(["skprof", "stat", "2", "5", "--json", "--units", "ns"]).unwrap();
+        match cli.command {
+            Command::Stat(a) => {
+                assert_eq!((a.interval, a.count, a.json), (2.0, Some(5), true));
+                assert_eq!(a.units, stat::Units::Ns);
+            }
+            _ => panic!("not stat"),
+        }
+        assert!(Cli::try_parse_from(["skprof", "stat", "--workload-rounds", "1"]).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! `skprof stat`: a periodic table (or JSON lines) per helper function.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{Session, WorkloadRunner};
+use crate::bpf::probes::ProbeKind;
+use crate::model::hist::Percentiles;
+use crate::model::snapshot::IntervalStats;
+
+/// Latency units of the table (`--units`). JSON is always in ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Units {
+    Ns,
+    Us,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatArgs {
+    /// Seconds between reports (fractions allowed).
+    #[arg(default_value_t = 1.0, value_parser = super::parse_interval)]
+    pub interval: f64,
+    /// Number of reports, then exit (default: until Ctrl-C, or until the
+    /// workload given with --workload-rounds/--workload-duration is done).
+    pub count: Option<u64>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Latency units of the table.
+    #[arg(long, value_enum, default_value_t = Units::Us)]
+    pub units: Units,
+    /// Report totals since start instead of per-interval values.
+    #[arg(long)]
+    pub cumulative: bool,
+    #[command(flatten)]
+    pub session: super::SessionArgs,
+}
+
+/// One JSON line of `skprof stat --json`.
+#[derive(Serialize)]
+struct JsonInterval<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    unix_ms: u128,
+    elapsed_s: f64,
+    probe_mode: ProbeKind,
+    cumulative: bool,
+    #[serde(flatten)]
+    stats: &'a IntervalStats,
+}
+
+pub fn run(args: &StatArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    super::install_stop_signals(&stop)?;
+    let session = Session::start(&args.session)?;
+    let mut workload = WorkloadRunner::start(&args.session, &session)?;
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        writeln!(out, "{}", session.banner()).context("write to stdout")?;
+    }
+
+    let base = session.probes.read()?;
+    let mut prev = base.clone();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let deadline = last + Duration::from_secs_f64(args.interval);
+        let mut workload_done = false;
+        while Instant::now() < deadline {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if workload.as_ref().is_some_and(|w| w.finished()) {
+                workload_done = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // The workload's lookups are synchronous: once its thread is done,
+        // the maps hold every one of them.
+        let cur = session.probes.read()?;
+        let now = Instant::now();
+        let (delta, secs) = if args.cumulative {
+            (cur.delta(&base), now.duration_since(started).as_secs_f64())
+        } else {
+            (cur.delta(&prev), now.duration_since(last).as_secs_f64())
+        };
+        let stats = IntervalStats::compute(&delta, secs, session.probes.helpers());
+        if args.json {
+            let line = JsonInterval {
+                kind: "interval",
+                unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+                elapsed_s: now.duration_since(started).as_secs_f64(),
+                probe_mode: session.probes.kind(),
+                cumulative: args.cumulative,
+                stats: &stats,
+            };
+            serde_json::to_writer(&mut out, &line).context("write JSON")?;
+            writeln!(out).context("write to stdout")?;
+        } else {
+            write!(
+                out,
+                "{}",
+                format_table(&stats, args.units, &clock_hms(SystemTime::now()))
+            )
+            .context("write to stdout")?;
+        }
+        out.flush().context("flush stdout")?;
+        prev = cur;
+        last = now;
+        n += 1;
+        if workload_done || args.count.is_some_and(|c| n >= c) {
+            break;
+        }
+    }
+    if let Some(w) = workload.take() {
+        stop.store(true, Ordering::Relaxed);
+        w.finish(&session, args.json, &mut out)?;
+    }
+    Ok(())
+}
+
+fn clock_hms(t: SystemTime) -> String {
+    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn fmt_lat(ns: u64, units: Units) -> String {
+    match units {
+        Units::Ns => ns.to_string(),
+        Units::Us => format!("{:.2}", ns as f64 / 1000.0),
+    }
+}
+
+/// The text report of one interval (pure: tested below).
+pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
+    let u = match units {
+        Units::Ns => "ns",
+        Units::Us => "us",
+    };
+    let mut t = format!(
+        "\n{clock}  interval {:.2}s  (latency in {u})\n{:<30} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        s.interval_s, "HELPER", "CALLS", "CALLS/s", "HIT%", "P50", "P90", "P99", "MAX", "ACQ"
+    );
+    for r in &s.helpers {
+        let p: &Percentiles = &r.latency_ns;
+        let lat = |v: u64| {
+            if r.calls == 0 {
+                "-".to_string()
+            } else {
+                fmt_lat(v, units)
+            }
+        };
+        t += &format!(
+            "{:<30} {:>9} {:>10.1} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+            r.helper,
+            r.calls,
+            r.calls_per_s,
+            r.hit_pct,
+            lat(p.p50),
+            lat(p.p90),
+            lat(p.p99),
+            lat(p.max),
+            r.acquired
+        );
+    }
+    let rel = &s.release;
+    t += &format!(
+        "bpf_sk_release: {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} \u{2192} {}\n",
+        rel.calls,
+        rel.dropped,
+        rel.noop,
+        rel.null,
+        s.acquired,
+        if s.acquired == rel.dropped {
+            "balanced".to_string()
+        } else {
+            format!("imbalance {:+}", rel.dropped as i128 - s.acquired as i128)
+        }
+    );
+    let d = &s.drops;
+    if d.total() > 0 {
+        t += &format!(
+            "DROPS: {} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s\n",
+            d.unmatched_exits, d.evicted_entries, d.recursion_misses, d.hist_overflow
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::hist::{slot_of, LogHist, SLOTS};
+    use crate::model::ids::{Helper, Outcome, SockClass};
+    use crate::model::snapshot::Snapshot;
+
+    fn sample() -> IntervalStats {
+        let mut s = Snapshot::default();
+        let mut dense = vec![0; SLOTS];
+        for v in [1000u64, 2000, 3000, 4000] {
+            dense[slot_of(v)] += 1;
+        }
+        s.hists[Helper::TcSkLookupTcp.index() * Outcome::COUNT] =
+            LogHist::from_dense(4, 10_000, 4000, 0, &dense);
+        s.counters.hits[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 4;
+        s.counters.acquired[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 4;
+        s.counters.released[SockClass::Established.index()] = 3;
+        s.counters.unmatched_exit[0] = 2;
+        IntervalStats::compute(&s, 2.0, &[Helper::SkLookupTcp, Helper::TcSkLookupTcp])
+    }
+
+    #[test]
+    fn table_shows_rows_release_balance_and_drops() {
+        let t = format_table(&sample(), Units::Us, "12:00:00");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1], "12:00:00  interval 2.00s  (latency in us)");
+        assert!(lines[2].starts_with("HELPER"));
+        // Idle helpers show dashes, not zeros posing as latencies.
+        assert!(lines[3].starts_with("bpf_sk_lookup_tcp") && lines[3].contains(" - "));
+        let tc: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(tc[0], "bpf_tc_sk_lookup_tcp");
+        assert_eq!(&tc[1..4], ["4", "2.0", "100.0"]);
+        assert_eq!(tc[8], "4");
+        assert_eq!(tc[7], "4.00", "max is exact");
+        assert!(lines[5].contains("3 dropped a reference") && lines[5].contains("imbalance -1"));
+        assert!(lines[6].starts_with("DROPS: 2 unmatched exits"));
+    }
+
+    #[test]
+    fn ns_units_are_integers() {
+        let t = format_table(&sample(), Units::Ns, "x");
+        assert!(t.contains(" 4000 "), "{t}");
+    }
+
+    #[test]
+    fn clock_formats_utc() {
+        let t = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 * 13 + 61);
+        assert_eq!(clock_hms(t), "13:01:01");
+    }
+}

@@ -1,0 +1,287 @@
+//! `skprof workload`: the built-in workload on its own, so it can run in
+//! one terminal while skprof traces in another.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{family_program, kernel_has_tc_variants, HelperTally, Tally, Workload, WorkloadOpts};
+use crate::model::ids::{Family, Helper, Outcome, SockClass};
+
+/// `--family` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyArg {
+    /// tc program (BPF_PROG_TEST_RUN)
+    Tc,
+    /// XDP program (BPF_PROG_TEST_RUN)
+    Xdp,
+    /// cgroup/connect4 program (connect() calls)
+    SockAddr,
+    /// cgroup_skb/ingress program (UDP datagrams)
+    Generic,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Family {
+        match f {
+            FamilyArg::Tc => Family::Tc,
+            FamilyArg::Xdp => Family::Xdp,
+            FamilyArg::SockAddr => Family::SockAddr,
+            FamilyArg::Generic => Family::Generic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Lookups per case per round.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Stop after this many rounds (default: run until --duration or Ctrl-C).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Target lookups per second, paced (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this long, e.g. 30s, 500ms, 2m (plain numbers are seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Program families to run, comma-separated (default: all).
+    #[arg(long = "family", value_enum, value_delimiter = ',')]
+    pub families: Vec<FamilyArg>,
+    /// Print the tally as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl WorkloadArgs {
+    pub fn opts(&self) -> WorkloadOpts {
+        WorkloadOpts {
+            count: self.count,
+            rounds: self.rounds,
+            rate: self.rate,
+            duration: self.duration,
+            families: self.families.iter().map(|&f| f.into()).collect(),
+        }
+    }
+}
+
+/// Parses "1.5", "250ms", "30s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Runs the workload until its rounds or duration are done or SIGINT /
+/// SIGTERM, then prints what it did.
+pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number");
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .with_context(|| format!("install handler for signal {sig}"))?;
+    }
+    let mut w = Workload::setup(&args.opts()).context("set up the workload")?;
+    if !args.json {
+        let fams: Vec<&str> = w.families().iter().map(|&f| family_program(f)).collect();
+        let cases: usize = w.families().iter().map(|&f| w.cases(f).len()).sum();
+        eprintln!(
+            "skprof workload: {} ({cases} cases), {} lookups per case per round, {} per round, {}; {}",
+            fams.join(", "),
+            w.count(),
+            w.lookups_per_round(),
+            args.rate.map_or("unpaced".to_string(), |r| format!("{r} lookups/s")),
+            match (args.rounds, args.duration) {
+                (None, None) => "until Ctrl-C".to_string(),
+                (r, d) => [r.map(|r| format!("{r} rounds")), d.map(|d| format!("{d:?}"))]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            }
+        );
+        if let Some(why) = w.ipv6_skip_reason() {
+            eprintln!("skprof workload: IPv6 cases skipped: {why}");
+        }
+    }
+    let started = Instant::now();
+    let tally = w.run(&stop)?;
+    let elapsed = started.elapsed();
+    drop(w);
+
+    let has_tc = kernel_has_tc_variants();
+    let by_helper = tally.by_helper(has_tc);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "tally": tally,
+            "by_helper": by_helper,
+            "has_tc_variants": has_tc,
+            "elapsed_seconds": elapsed.as_secs_f64(),
+        });
+        writeln!(out, "{v}").context("write to stdout")?;
+    } else {
+        write!(out, "{}", render_tables(&tally, &by_helper, elapsed)).context("write to stdout")?;
+    }
+    Ok(())
+}
+
+/// The human-readable report: calls per function and outcome, hits per
+/// class, and the release balance.
+pub fn render_tables(tally: &Tally, h: &HelperTally, elapsed: Duration) -> String {
+    let mut s = String::new();
+    let total = tally.total_calls();
+    let secs = elapsed.as_secs_f64();
+    s += &format!(
+        "{} rounds, {total} lookups in {secs:.3} s ({:.0}/s)\n\n",
+        tally.rounds,
+        if secs > 0.0 { total as f64 / secs } else { 0.0 }
+    );
+    s += &format!("{:<30}{:>10}", "helper function", "calls");
+    for o in Outcome::ALL {
+        s += &format!("{:>11}", o.name());
+    }
+    s += "\n";
+    for helper in h.helpers() {
+        s += &format!("{:<30}{:>10}", helper.function(), h.total_calls(helper));
+        for o in Outcome::ALL {
+            s += &format!("{:>11}", h.calls(helper, o));
+        }
+        s += "\n";
+    }
+    s += &format!("\n{:<30}", "hits by class (+refs taken)");
+    for c in SockClass::ALL {
+        s += &format!("{:>16}", c.name());
+    }
+    s += "\n";
+    for helper in Helper::ALL
+        .into_iter()
+        .filter(|&x| h.calls(x, Outcome::Hit) > 0)
+    {
+        s += &format!("{:<30}", helper.function());
+        for c in SockClass::ALL {
+            let (n, a) = (h.hits(helper, c), h.acquired(helper, c));
+            let cell = match (n, a) {
+                (0, _) => "-".to_string(),
+                (n, 0) => n.to_string(),
+                (n, a) => format!("{n} (+{a})"),
+            };
+            s += &format!("{cell:>16}");
+        }
+        s += "\n";
+    }
+    let list = |a: &[u64; SockClass::COUNT]| -> String {
+        let v: Vec<String> = SockClass::ALL
+            .into_iter()
+            .filter(|c| a[c.index()] > 0)
+            .map(|c| format!("{} {}", c.name(), a[c.index()]))
+            .collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    s += &format!(
+        "\nbpf_sk_release: dropped a reference: {}\n                no-op (no reference held): {}\n",
+        list(&h.released),
+        list(&h.release_noop)
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ids::Proto;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkloadArgs,
+    }
+
+    #[test]
+    fn parses_arguments() {
+        let c = Cli::try_parse_from([
+            "x",
+            "--count",
+            "5",
+            "--family",
+            "tc,sock-addr",
+            "--family",
+            "generic",
+            "--duration",
+            "250ms",
+            "--rate",
+            "1000",
+            "--json",
+        ])
+        .unwrap();
+        let o = c.args.opts();
+        assert_eq!(o.count, 5);
+        assert_eq!(
+            o.families,
+            vec![Family::Tc, Family::SockAddr, Family::Generic]
+        );
+        assert_eq!(o.duration, Some(Duration::from_millis(250)));
+        assert_eq!(o.rate, Some(1000.0));
+        assert!(c.args.json);
+        assert!(Cli::try_parse_from(["x", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--family", "kprobe"]).is_err());
+        let d = Cli::try_parse_from(["x"]).unwrap().args.opts();
+        assert_eq!((d.count, d.rounds, d.families.len()), (100, None, 0));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn tables_show_every_helper_used() {
+        let mut t = Tally {
+            rounds: 1,
+            ..Default::default()
+        };
+        t.record(
+            Family::Xdp,
+            Proto::SkcTcp,
+            Outcome::Hit,
+            Some(SockClass::Request),
+            4,
+        );
+        t.record(Family::Tc, Proto::Udp, Outcome::BadFlags, None, 2);
+        let s = render_tables(&t, &t.by_helper(true), Duration::from_secs(1));
+        assert!(s.contains("bpf_xdp_skc_lookup_tcp"), "{s}");
+        assert!(s.contains("bpf_tc_sk_lookup_udp"), "{s}");
+        assert!(s.contains("4 (+4)"), "{s}");
+        assert!(s.contains("dropped a reference: request 4"), "{s}");
+        assert!(s.contains("6 lookups"), "{s}");
+    }
+}

@@ -1,0 +1,267 @@
+//! The probes for real: skprof runs inside Debian 6.1 and 6.12 guests
+//! (`skprof-vm`, qemu TCG) on the built-in workload, and its counts must
+//! equal the workload's own ground truth exactly.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
+const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
+
+/// Lookups per workload case.
+const N: u64 = 40;
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a shell script in a guest of the given kernel series.
+fn in_vm(kernel: &str, script: &str) -> Run {
+    let out = Command::new(SKPROF_VM)
+        .args([
+            "run",
+            "--kernel",
+            kernel,
+            "--timeout",
+            "400",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("run skprof-vm");
+    let run = Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        run.status != 124 && run.status != 125,
+        "VM harness failed on {kernel} (status {}): {}",
+        run.status,
+        run.stderr
+    );
+    run
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// One workload round under `skprof stat --json --cumulative`; checks every
+/// figure against the workload's own counts.
+fn exact_counts(kernel: &str, mode: &str) {
+    let script = format!(
+        "{SKPROF} stat --json --cumulative --probe-mode {mode} --workload \
+         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
+    );
+    let run = in_vm(kernel, &script);
+    assert_eq!(
+        run.status, 0,
+        "skprof stat failed on {kernel}/{mode}: {}",
+        run.stderr
+    );
+    let lines = json_lines(&run.stdout);
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "interval")
+        .expect("an interval line");
+    let expected = &lines
+        .iter()
+        .find(|l| l["type"] == "workload")
+        .expect("a workload line")["expected"];
+    assert_eq!(last["probe_mode"], mode);
+
+    let helpers = last["helpers"].as_array().expect("helpers");
+    let exp_helpers = expected["helpers"].as_object().expect("expected.helpers");
+    assert_eq!(
+        exp_helpers.len(),
+        12,
+        "the workload reaches all 12 helper functions on {kernel}: {expected}"
+    );
+    let mut total_acquired = 0;
+    for row in helpers {
+        let name = row["helper"].as_str().unwrap();
+        let calls = u(&row["calls"]);
+        let Some(exp) = exp_helpers.get(name) else {
+            assert_eq!(calls, 0, "{kernel}/{mode}: {name} was not driven");
+            continue;
+        };
+        assert_eq!(calls, u(&exp["calls"]), "{kernel}/{mode} {name} calls");
+        assert_eq!(calls % N, 0, "{name}: whole cases of N lookups");
+        for o in ["hit", "no_socket", "bad_len", "bad_netns", "bad_flags"] {
+            assert_eq!(
+                u(&row["outcomes"][o]),
+                u(&exp["outcomes"][o]),
+                "{kernel}/{mode} {name} outcome {o}"
+            );
+        }
+        for c in [
+            "listener",
+            "established",
+            "time_wait",
+            "request",
+            "udp",
+            "other",
+        ] {
+            assert_eq!(
+                u(&row["hits_by_class"][c]),
+                u(&exp["hits_by_class"][c]),
+                "{kernel}/{mode} {name} hits of class {c}"
+            );
+            assert_eq!(
+                u(&row["acquired_by_class"][c]),
+                u(&exp["acquired_by_class"][c]),
+                "{kernel}/{mode} {name} acquired of class {c}"
+            );
+        }
+        let lat = &row["latency_ns"];
+        assert_eq!(u(&lat["count"]), calls, "{name}: histogram total == calls");
+        let (p50, p90, p99, max) = (
+            u(&lat["p50"]),
+            u(&lat["p90"]),
+            u(&lat["p99"]),
+            u(&lat["max"]),
+        );
+        assert!(
+            p50 > 0 && u(&lat["min"]) > 0,
+            "{name}: percentiles > 0: {lat}"
+        );
+        assert!(
+            p50 <= p90 && p90 <= p99 && p99 <= max,
+            "{name}: ordered: {lat}"
+        );
+        total_acquired += u(&row["acquired"]);
+    }
+    let rel = &last["release"];
+    assert_eq!(total_acquired, u(&last["acquired"]));
+    assert_eq!(
+        u(&rel["dropped"]),
+        total_acquired,
+        "acquired == refcounted releases"
+    );
+    assert_eq!(u(&rel["dropped"]), u(&expected["release"]["dropped"]));
+    assert_eq!(u(&rel["noop"]), u(&expected["release"]["noop"]));
+    assert_eq!(u(&rel["null"]), 0);
+    assert!(total_acquired > 0, "the workload acquires references");
+    for d in [
+        "unmatched_exits",
+        "evicted_entries",
+        "recursion_misses",
+        "hist_overflow",
+    ] {
+        assert_eq!(u(&last["drops"][d]), 0, "{kernel}/{mode} drops.{d}");
+    }
+}
+
+/// skprof killed by each signal leaves nothing attached.
+fn signals_detach(kernel: &str) {
+    let script = format!(
+        r#"set -u
+count() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe)_bpf_' ; }}
+links() {{ bpftool link show 2>/dev/null | grep -c '^[0-9]' ; }}
+echo "before $(count) $(links)"
+for sig in INT TERM KILL; do
+  {SKPROF} stat 1 >/dev/null 2>&1 &
+  pid=$!
+  i=0
+  while [ "$(count)" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  echo "attached $sig $(count)"
+  kill -$sig $pid
+  wait $pid
+  echo "exit $sig $?"
+  i=0
+  while [ "$(count)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  echo "after $sig $(count) $(links)"
+done
+"#
+    );
+    let run = in_vm(kernel, &script);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("before 0 0"), "{kernel}: clean guest: {out}");
+    for sig in ["INT", "TERM", "KILL"] {
+        // 13 fentry + 12 fexit programs attached while running.
+        assert!(
+            out.contains(&format!("attached {sig} 25")),
+            "{kernel}: {out}"
+        );
+        assert!(
+            out.contains(&format!("after {sig} 0 0")),
+            "{kernel} {sig}: {out}"
+        );
+    }
+    // SIGINT and SIGTERM end skprof cleanly; SIGKILL is 128 + 9.
+    assert!(
+        out.contains("exit INT 0") && out.contains("exit TERM 0"),
+        "{out}"
+    );
+    assert!(out.contains("exit KILL 137"), "{out}");
+}
+
+/// `skprof check` in the guest: fentry works, all functions present.
+fn check_in_guest(kernel: &str) {
+    let run = in_vm(kernel, &format!("{SKPROF} check --json"));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let v: Value = serde_json::from_str(&run.stdout).expect("check --json");
+    assert_eq!(v["mode"], "fentry");
+    assert_eq!(v["fentry"]["ok"], true);
+    assert_eq!(v["kprobe"]["ok"], true);
+    assert_eq!(v["has_tc_variants"], true, "Debian {kernel} has bpf_tc_*");
+    for f in v["functions"].as_array().unwrap() {
+        assert_eq!(f["btf"], true, "{f}");
+    }
+}
+
+#[test]
+fn fentry_exact_counts_6_1() {
+    exact_counts("6.1", "fentry");
+}
+
+#[test]
+fn fentry_exact_counts_6_12() {
+    exact_counts("6.12", "fentry");
+}
+
+#[test]
+fn kprobe_exact_counts_6_1() {
+    exact_counts("6.1", "kprobe");
+}
+
+#[test]
+fn kprobe_exact_counts_6_12() {
+    exact_counts("6.12", "kprobe");
+}
+
+#[test]
+fn signals_detach_6_1() {
+    signals_detach("6.1");
+}
+
+#[test]
+fn signals_detach_6_12() {
+    signals_detach("6.12");
+}
+
+#[test]
+fn check_6_1() {
+    check_in_guest("6.1");
+}
+
+#[test]
+fn check_6_12() {
+    check_in_guest("6.12");
+}

@@ -175,10 +175,11 @@ count() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|k
 links() {{ bpftool link show 2>/dev/null | grep -c '^[0-9]' ; }}
 echo "before $(count) $(links)"
 for sig in INT TERM KILL; do
-  {SKPROF} stat 1 >/dev/null 2>&1 &
+  {SKPROF} stat 1 >/tmp/skprof-sig.$$ 2>&1 &
   pid=$!
   i=0
-  while [ "$(count)" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  # The banner is printed once every probe is attached.
+  while ! grep -q '^Tracing' /tmp/skprof-sig.$$ && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
   echo "attached $sig $(count)"
   kill -$sig $pid
   wait $pid
@@ -187,6 +188,7 @@ for sig in INT TERM KILL; do
   while [ "$(count)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   echo "after $sig $(count) $(links)"
 done
+rm -f /tmp/skprof-sig.$$
 "#
     );
     let run = in_vm(kernel, &script);

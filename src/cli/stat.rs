@@ -58,13 +58,15 @@ pub fn run(args: &StatArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
     let session = Session::start(&args.session)?;
+    // The baseline comes first: the workload starts running as soon as it
+    // is set up, and its first lookups must fall inside the first interval.
+    let base = session.probes.read()?;
     let mut workload = WorkloadRunner::start(&args.session, &session)?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(out, "{}", session.banner()).context("write to stdout")?;
     }
 
-    let base = session.probes.read()?;
     let mut prev = base.clone();
     let started = Instant::now();
     let mut last = Instant::now();

@@ -66,8 +66,9 @@ pub struct SessionArgs {
     /// something to see on an idle machine.
     #[arg(long)]
     pub workload: bool,
-    /// Workload: lookups per case per round.
-    #[arg(long, default_value_t = 100, requires = "workload")]
+    /// Workload: lookups per case per round (small, so that every helper
+    /// family shows up in every interval at the default rate).
+    #[arg(long, default_value_t = 10, requires = "workload")]
     pub workload_count: u64,
     /// Workload: number of rounds, then the command ends (default: until
     /// the command ends).

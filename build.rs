@@ -28,7 +28,17 @@ fn main() {
         let skel = out.join(format!("{name}.skel.rs"));
         SkeletonBuilder::new()
             .source(src)
-            .clang_args(["-I", "bpf", "-Wall", "-Wno-unused-function", "-O2", "-g"])
+            .clang_args([
+                "-I",
+                "bpf",
+                "-Wall",
+                "-Wno-unused-function",
+                "-O2",
+                "-g",
+                // v3: 32-bit subregisters and jumps (5.1+) and atomic fetch ops (5.12+),
+                // which the ledger uses; every supported kernel (6.1+) has them.
+                "-mcpu=v3",
+            ])
             .build_and_generate(&skel)
             .unwrap_or_else(|e| panic!("building BPF skeleton for {}: {e:#}", src.display()));
     }

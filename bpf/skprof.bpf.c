@@ -16,11 +16,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include "skprof.h"
+#include "shared.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define S32_MAX_ 0x7fffffffULL
+#define ERR_E2BIG 7	/* a full hash map refuses inserts with -E2BIG */
 #define TUPLE_V4_LEN 12 /* sizeof(((struct bpf_sock_tuple *)0)->ipv4) */
 #define TUPLE_V6_LEN 36 /* sizeof(((struct bpf_sock_tuple *)0)->ipv6) */
 
@@ -29,8 +30,13 @@ struct inflight_slot {
 	__u64 ts;
 	__u64 k1;	/* fentry: ctx pointer;   kprobe: pid_tgid */
 	__u64 k2;	/* fentry: tuple pointer; kprobe: 0 */
+	__u64 tuple;	/* tuple pointer, for the ledger */
+	__u64 pctx;	/* the calling program's ctx pointer */
 	__u32 helper;
 	__u32 reason;	/* kprobe mode: miss reason computed at entry */
+	__u32 prog_slot;	/* calling program, 0 if not traced */
+	__u32 len;	/* tuple length argument */
+	__u64 run_id;	/* calling run, 0 if not traced */
 };
 
 struct inflight {
@@ -45,21 +51,42 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* key: helper * SKPROF_NR_OUTCOMES + outcome; value: latency histogram */
+/* key: (program, helper, outcome); value: latency histogram and hit classes.
+ * A hash so that only the triples that occur take memory (--max-series). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SKPROF_NR_HELPERS * SKPROF_NR_OUTCOMES);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct skprof_hist_key);
 	__type(value, struct skprof_hist);
 } hists SEC(".maps");
 
-/* key: 0; value: reference and health counters */
+/* key: program slot; value: how long references were held (acquire to
+ * release), by the program that acquired them */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, SKPROF_MAX_PROGS);
+	__type(key, __u32);
+	__type(value, struct skprof_hist);
+} holds SEC(".maps");
+
+/* key: 0; value: all zero, the initial value of new histogram entries */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct skprof_counters);
-} counters SEC(".maps");
+	__type(value, struct skprof_hist);
+} zero_hist SEC(".maps");
+
+/* kernel stacks of acquires, referenced by skprof_ref.stack_id */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 1024);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 32 * sizeof(__u64));
+} stacks SEC(".maps");
+
+/* Whether to keep the reference ledger (and stacks) on acquire/release. */
+const volatile bool ledger_on = true;
 
 const volatile struct skprof_layout skprof_layout = {
 	.nr_helpers = SKPROF_NR_HELPERS,
@@ -68,6 +95,13 @@ const volatile struct skprof_layout skprof_layout = {
 	.hist_sub_bits = SKPROF_HIST_SUB_BITS,
 	.hist_max_exp = SKPROF_HIST_MAX_EXP,
 	.hist_slots = SKPROF_HIST_SLOTS,
+	.ev_run_leak = SKPROF_EV_RUN_LEAK,
+};
+
+/* Never read: brings the ring-buffer record type (written by attrib.bpf.c)
+ * into this object's BTF, hence into the skeleton's generated types. */
+const volatile struct skprof_event skprof_event_type_anchor = {
+	.type = SKPROF_EV_RUN_LEAK,
 };
 
 static __always_inline __u32 log2_u64(__u64 v)
@@ -95,6 +129,47 @@ static __always_inline __u32 hist_slot(__u64 v)
 	e = log2_u64(v);
 	return (e - SKPROF_HIST_SUB_BITS) * SKPROF_HIST_SUB +
 	       (__u32)(v >> (e - SKPROF_HIST_SUB_BITS));
+}
+
+/* The histogram of `key`, created (zeroed) on first use. */
+static __always_inline struct skprof_hist *hist_of(void *map, void *key)
+{
+	struct skprof_hist *h = bpf_map_lookup_elem(map, key);
+	struct skprof_counters *c;
+	__u32 zero = 0;
+	void *z;
+
+	if (h)
+		return h;
+	z = bpf_map_lookup_elem(&zero_hist, &zero);
+	if (!z)
+		return NULL;
+	/* EEXIST when a nested call created it first: fine, look up again. */
+	bpf_map_update_elem(map, key, z, BPF_NOEXIST);
+	h = bpf_map_lookup_elem(map, key);
+	if (!h) {
+		c = get_counters();
+		if (c)
+			c->hists_full++;
+	}
+	return h;
+}
+
+static __always_inline void hist_record(struct skprof_hist *h, __u64 delta)
+{
+	__u32 slot = hist_slot(delta);
+
+	/* Keep clang from checking one copy of slot and indexing with
+	 * another, which the verifier cannot follow. */
+	barrier_var(slot);
+	if (slot < SKPROF_HIST_SLOTS)
+		h->slots[slot]++;
+	if (delta >= (1ULL << SKPROF_HIST_MAX_EXP))
+		h->overflow++;
+	h->count++;
+	h->sum_ns += delta;
+	if (delta > h->max_ns)
+		h->max_ns = delta;
 }
 
 static __always_inline bool is_xdp(__u32 helper)
@@ -160,17 +235,13 @@ static __always_inline __u32 sock_class(struct sock_common *skc, __u8 state)
 	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
 }
 
-static __always_inline struct skprof_counters *get_counters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&counters, &zero);
-}
-
-static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 reason)
+static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 reason,
+				     __u64 pctx, __u64 tuple, __u64 len)
 {
 	struct inflight_slot *slot = NULL, *oldest = NULL;
 	struct skprof_counters *c;
+	struct skprof_runs *rs;
+	struct skprof_run *run;
 	struct inflight *f;
 	__u32 zero = 0;
 	int i;
@@ -202,22 +273,98 @@ static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 rea
 	}
 	slot->k1 = k1;
 	slot->k2 = k2;
+	slot->tuple = tuple;
+	slot->pctx = pctx;
+	slot->len = (__u32)len;
 	slot->helper = helper;
 	slot->reason = reason;
+	slot->prog_slot = 0;
+	slot->run_id = 0;
+	/* The calling program, if traced: its run is recorded under the same
+	 * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern). */
+	rs = get_runs();
+	if (rs) {
+		run = find_run(rs, pctx);
+		if (run) {
+			slot->prog_slot = run->prog_slot;
+			slot->run_id = run->run_id;
+		}
+	}
 	/* Last, so the probe's own work stays outside the timed window. */
 	slot->ts = bpf_ktime_get_ns();
 }
 
-static __always_inline void on_exit(__u32 helper, __u64 k1, __u64 k2, __u64 ret,
+/* Records an acquired reference in the ledger and in the calling run. */
+static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *call,
+					   struct sock_common *skc, __u8 state,
+					   __u32 cls, __u64 now)
+{
+	__u64 sk = (__u64)skc;
+	struct skprof_counters *c;
+	struct skprof_runs *rs;
+	struct skprof_run *run;
+	struct skprof_ref *ref, fresh = {};
+	__u32 len = call->len;
+	__u32 n;
+
+	ref = bpf_map_lookup_elem(&ledger, &sk);
+	if (!ref) {
+		fresh.stack_id = bpf_get_stackid(tctx, &stacks, 0);
+		fresh.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+		fresh.tuple_len = len > SKPROF_TUPLE_MAX ? SKPROF_TUPLE_MAX : len;
+		/* Always 36 bytes, a constant size for the verifier: past an
+		 * IPv4 tuple this copies a little of the caller's stack,
+		 * which tuple_len tells user space to ignore. */
+		bpf_probe_read_kernel(fresh.tuple, sizeof(fresh.tuple), (void *)call->tuple);
+		/* One insert per socket; a concurrent insert wins the race
+		 * and we count on top of it below. */
+		if (bpf_map_update_elem(&ledger, &sk, &fresh, BPF_NOEXIST) == -ERR_E2BIG) {
+			c = get_counters();
+			if (c)
+				c->ledger_full++;
+			return;
+		}
+		ref = bpf_map_lookup_elem(&ledger, &sk);
+		if (!ref)
+			return;
+	}
+	__sync_fetch_and_add(&ref->count, 1);
+	ref->acquired_ns = now;
+	ref->run_id = call->run_id;
+	ref->prog_id = 0;
+	ref->prog_slot = call->prog_slot;
+	ref->helper = call->helper;
+	ref->sock_class = cls;
+	ref->state = state;
+	ref->cpu = bpf_get_smp_processor_id();
+	ref->refcnt = BPF_CORE_READ(skc, skc_refcnt.refs.counter);
+
+	if (!call->run_id)
+		return;
+	rs = get_runs();
+	if (!rs)
+		return;
+	run = find_run(rs, call->pctx);
+	if (!run || run->run_id != call->run_id)
+		return;
+	ref->prog_id = run->prog_id;
+	n = run->nr_acquired;
+	if (n < SKPROF_RUN_REFS)
+		run->acquired[n] = sk;
+	run->nr_acquired = n + 1;
+}
+
+static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2, __u64 ret,
 				    bool reason_at_exit, __u64 len, __u64 netns_id,
 				    __u64 flags)
 {
 	__u64 now = bpf_ktime_get_ns();	/* first: see on_entry */
 	struct inflight_slot *match = NULL;
 	struct skprof_counters *c;
+	struct skprof_hist_key key = {};
 	struct skprof_hist *h;
 	struct inflight *f;
-	__u32 zero = 0, outcome, key, slot;
+	__u32 zero = 0, outcome;
 	__u64 delta, ts = 0;
 	int i;
 
@@ -247,47 +394,44 @@ static __always_inline void on_exit(__u32 helper, __u64 k1, __u64 k2, __u64 ret,
 		outcome = miss_reason(helper, len, netns_id, flags);
 	else
 		outcome = match->reason;
-	match->ts = 0;
 
 	delta = now > ts ? now - ts : 0;
-	key = helper * SKPROF_NR_OUTCOMES + outcome;
-	h = bpf_map_lookup_elem(&hists, &key);
+	key.prog_slot = match->prog_slot;
+	key.helper = helper;
+	key.outcome = outcome;
+	h = hist_of(&hists, &key);
 	if (h) {
-		slot = hist_slot(delta);
-		/* Keep clang from checking one copy of slot and indexing
-		 * with another, which the verifier cannot follow. */
-		barrier_var(slot);
-		if (slot < SKPROF_HIST_SLOTS)
-			h->slots[slot]++;
-		if (delta >= (1ULL << SKPROF_HIST_MAX_EXP))
-			h->overflow++;
-		h->count++;
-		h->sum_ns += delta;
-		if (delta > h->max_ns)
-			h->max_ns = delta;
-	}
-	if (ret) {
-		struct sock_common *skc = (struct sock_common *)ret;
-		__u8 state = BPF_CORE_READ(skc, skc_state);
-		__u32 cls = sock_class(skc, state);
+		hist_record(h, delta);
+		if (ret) {
+			struct sock_common *skc = (struct sock_common *)ret;
+			__u8 state = BPF_CORE_READ(skc, skc_state);
+			__u32 cls = sock_class(skc, state);
 
-		c = get_counters();
-		if (c && helper < SKPROF_NR_HELPERS && cls < SKPROF_NR_CLASSES) {
-			c->hits[helper][cls]++;
-			if (refcounted(skc, state))
-				c->acquired[helper][cls]++;
+			if (cls < SKPROF_NR_CLASSES) {
+				h->hits[cls]++;
+				if (refcounted(skc, state)) {
+					h->acquired[cls]++;
+					if (ledger_on)
+						ledger_acquire(tctx, match, skc, state, cls, now);
+				}
+			}
 		}
 	}
+	match->ts = 0;
 }
 
 /*
- * bpf_sk_release(sk): count whether it drops a reference. Read the socket
- * here, at entry: after the call it may already be freed.
+ * bpf_sk_release(sk): count whether it drops a reference, and close the
+ * ledger entry. Read the socket here, at entry: after the call it may
+ * already be freed.
  */
 static __always_inline void on_release(__u64 sk)
 {
 	struct sock_common *skc = (struct sock_common *)sk;
 	struct skprof_counters *c = get_counters();
+	struct skprof_ref *ref;
+	struct skprof_hist *h;
+	__u32 slot;
 	__u8 state;
 	__u32 cls;
 
@@ -301,10 +445,24 @@ static __always_inline void on_release(__u64 sk)
 	cls = sock_class(skc, state);
 	if (cls >= SKPROF_NR_CLASSES)
 		return;
-	if (refcounted(skc, state))
-		c->released[cls]++;
-	else
+	if (!refcounted(skc, state)) {
 		c->release_noop[cls]++;
+		return;
+	}
+	c->released[cls]++;
+	if (!ledger_on)
+		return;
+	ref = bpf_map_lookup_elem(&ledger, &sk);
+	if (!ref) {
+		c->release_unmatched[cls]++;
+		return;
+	}
+	slot = ref->prog_slot;
+	h = hist_of(&holds, &slot);
+	if (h)
+		hist_record(h, bpf_ktime_get_ns() - ref->acquired_ns);
+	if (__sync_fetch_and_add(&ref->count, -1) <= 1)
+		bpf_map_delete_elem(&ledger, &sk);
 }
 
 /*
@@ -314,16 +472,16 @@ static __always_inline void on_release(__u64 sk)
  */
 #define FENTRY_PAIR(fn, id)						\
 SEC("fentry/" #fn)							\
-int BPF_PROG(fentry_##fn, __u64 pctx, __u64 tuple)			\
+int BPF_PROG(fentry_##fn, __u64 pctx, __u64 tuple, __u64 len)		\
 {									\
-	on_entry(id, pctx, tuple, 0);					\
+	on_entry(id, pctx, tuple, 0, pctx, tuple, len);			\
 	return 0;							\
 }									\
 SEC("fexit/" #fn)							\
 int BPF_PROG(fexit_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
 	     __u64 netns_id, __u64 flags, __u64 ret)			\
 {									\
-	on_exit(id, pctx, tuple, ret, true, len, netns_id, flags);	\
+	on_exit(ctx, id, pctx, tuple, ret, true, len, netns_id, flags);	\
 	return 0;							\
 }									\
 SEC("kprobe/" #fn)							\
@@ -331,13 +489,13 @@ int BPF_KPROBE(kprobe_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
 	       __u64 netns_id, __u64 flags)				\
 {									\
 	on_entry(id, bpf_get_current_pid_tgid(), 0,			\
-		 miss_reason(id, len, netns_id, flags));		\
+		 miss_reason(id, len, netns_id, flags), pctx, tuple, len); \
 	return 0;							\
 }									\
 SEC("kretprobe/" #fn)							\
 int BPF_KRETPROBE(kretprobe_##fn, __u64 ret)				\
 {									\
-	on_exit(id, bpf_get_current_pid_tgid(), 0, ret, false, 0, 0, 0); \
+	on_exit(ctx, id, bpf_get_current_pid_tgid(), 0, ret, false, 0, 0, 0); \
 	return 0;							\
 }
 

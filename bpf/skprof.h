@@ -69,15 +69,22 @@ struct skprof_hist {
 	__u64 sum_ns;
 	__u64 max_ns;
 	__u64 overflow;
+	/* hits only: by class of the socket found, and those that took a
+	 * reference the program must release */
+	__u64 hits[SKPROF_NR_CLASSES];
+	__u64 acquired[SKPROF_NR_CLASSES];
 	__u64 slots[SKPROF_HIST_SLOTS];
+};
+
+/* Key of the `hists` map: one histogram per (program, helper, outcome). */
+struct skprof_hist_key {
+	__u32 prog_slot;	/* 0: caller not traced (or attribution off) */
+	__u16 helper;		/* enum skprof_helper */
+	__u16 outcome;		/* enum skprof_outcome */
 };
 
 /* Reference and health counters; per-CPU map value (one entry). */
 struct skprof_counters {
-	/* lookups that returned a socket, by helper and socket class */
-	__u64 hits[SKPROF_NR_HELPERS][SKPROF_NR_CLASSES];
-	/* of those, the ones that took a reference the program must release */
-	__u64 acquired[SKPROF_NR_HELPERS][SKPROF_NR_CLASSES];
 	/* bpf_sk_release() calls that dropped a reference, by class */
 	__u64 released[SKPROF_NR_CLASSES];
 	/* bpf_sk_release() calls on a socket that holds no reference (no-op) */
@@ -89,11 +96,27 @@ struct skprof_counters {
 	/* an entry record overwritten because all in-flight slots were busy
 	 * (an exit that never came, e.g. a recursion-missed fexit) */
 	__u64 evicted_entry[SKPROF_NR_HELPERS];
+	/* refcounted releases of a socket the ledger does not hold (acquired
+	 * before skprof started, or through SOCKMAP/SOCKHASH, bpf_skc_to_*) */
+	__u64 release_unmatched[SKPROF_NR_CLASSES];
+	/* acquires the ledger could not record: it was full */
+	__u64 ledger_full;
+	/* events lost because the ring buffer was full */
+	__u64 events_dropped;
+	/* traced program runs not recorded: SKPROF_RUN_SLOTS in flight */
+	__u64 run_table_full;
+	/* (program, helper, outcome) histograms not recorded: map full */
+	__u64 hists_full;
 };
 
 /* Nested lookups one CPU can have in flight (process-context sock_addr call,
  * softirq lookup on top, and NMI-free margin). */
 #define SKPROF_INFLIGHT 8
+
+enum skprof_event_type {
+	/* A traced program run ended holding a reference it acquired. */
+	SKPROF_EV_RUN_LEAK = 1,
+};
 
 /*
  * The layout constants, as a read-only global of the probe object: user space
@@ -107,6 +130,69 @@ struct skprof_layout {
 	__u32 hist_sub_bits;
 	__u32 hist_max_exp;
 	__u32 hist_slots;
+	enum skprof_event_type ev_run_leak;
+};
+
+
+/*
+ * Attribution. Every traced BPF program (one that calls a lookup helper)
+ * gets fentry/fexit probes of its own (bpf/attrib.bpf.c) that record each
+ * run in this CPU's run table, keyed by the run's ctx pointer. A helper is
+ * called with that same ctx (skb, xdp_buff, bpf_sock_addr_kern), so the
+ * helper probes find the calling program by ctx: robust to nesting (a
+ * softirq run on top of a sock_addr run) and to preemption.
+ */
+#define SKPROF_MAX_PROGS 256	/* program slots; slot 0 = not attributed */
+#define SKPROF_RUN_SLOTS 8	/* traced program runs in flight per CPU */
+#define SKPROF_RUN_REFS 4	/* acquired sockets remembered per run */
+
+struct skprof_run {
+	__u64 ctx;		/* the run's ctx pointer; 0 = free slot */
+	__u64 run_id;		/* (cpu << 48) | per-CPU sequence */
+	__u32 prog_slot;
+	__u32 prog_id;
+	__u32 nr_acquired;	/* references acquired in this run */
+	__u32 pad;
+	__u64 acquired[SKPROF_RUN_REFS];	/* the first acquired sockets */
+};
+
+/* Per-CPU value of the `runs` map (one entry). */
+struct skprof_runs {
+	struct skprof_run r[SKPROF_RUN_SLOTS];
+	__u64 seq;
+};
+
+/* --- Reference ledger --- */
+#define SKPROF_TUPLE_MAX 36	/* sizeof(struct bpf_sock_tuple) */
+
+/* Ledger value, keyed by socket pointer: a reference a traced lookup took
+ * and no bpf_sk_release has dropped yet. */
+struct skprof_ref {
+	__u64 acquired_ns;	/* bpf_ktime_get_ns() at the acquire */
+	__u64 run_id;		/* run that acquired it (0: not attributed) */
+	__u32 count;		/* references outstanding on this socket */
+	__u32 prog_id;		/* acquiring program (0: not attributed) */
+	__u32 prog_slot;	/* its slot (0: not attributed) */
+	__u32 netns;		/* netns inode of the socket */
+	__s32 stack_id;		/* kernel stack at the acquire, or -errno */
+	__u32 refcnt;		/* skc_refcnt just after the acquire (racy) */
+	__u16 cpu;
+	__u8 helper;		/* enum skprof_helper */
+	__u8 sock_class;	/* enum skprof_sock_class */
+	__u8 state;		/* skc_state */
+	__u8 tuple_len;		/* 12 (IPv4) or 36 (IPv6) */
+	__u8 pad[2];
+	__u8 tuple[SKPROF_TUPLE_MAX];	/* struct bpf_sock_tuple, as passed */
+};
+
+
+/* Ring-buffer record; every one starts with its type. */
+struct skprof_event {
+	__u32 type;		/* enum skprof_event_type */
+	__u32 prog_id;
+	__u64 sk;
+	__u64 ts;
+	struct skprof_ref ref;
 };
 
 #endif /* SKPROF_H */

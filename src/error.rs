@@ -7,6 +7,7 @@
 //!   3  this kernel cannot be traced: neither fentry/fexit nor kprobes work,
 //!      or it lacks BTF / the helper functions
 //!   4  insufficient privileges (needs root, or CAP_BPF + CAP_PERFMON)
+//!   5  `skprof leaks` found leaked socket references
 
 use thiserror::Error;
 
@@ -15,6 +16,7 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CANNOT_TRACE: i32 = 3;
 pub const EXIT_PRIVILEGES: i32 = 4;
+pub const EXIT_LEAKS: i32 = 5;
 
 /// Help text listing the exit codes, shown by `skprof --help`.
 pub const EXIT_CODES_HELP: &str = "Exit codes:
@@ -23,7 +25,9 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   2  usage error
   3  this kernel cannot be traced (no fentry/fexit and no kprobes, or no
      BTF / helper functions); `skprof check` shows why
-  4  insufficient privileges (run as root, or with CAP_BPF + CAP_PERFMON)";
+  4  insufficient privileges (run as root, or with CAP_BPF + CAP_PERFMON)
+  5  skprof leaks: socket references leaked (outstanding past --older-than,
+     or a traced program run ended holding one)";
 
 /// Errors with their own exit code. Anything else exits with 1.
 #[derive(Debug, Error)]
@@ -34,6 +38,8 @@ pub enum SkprofError {
     Privileges(String),
     #[error("{0}")]
     Usage(String),
+    #[error("leaks found: {0}")]
+    Leaks(String),
 }
 
 impl SkprofError {
@@ -42,6 +48,7 @@ impl SkprofError {
             SkprofError::CannotTrace(_) => EXIT_CANNOT_TRACE,
             SkprofError::Privileges(_) => EXIT_PRIVILEGES,
             SkprofError::Usage(_) => EXIT_USAGE,
+            SkprofError::Leaks(_) => EXIT_LEAKS,
         }
     }
 }

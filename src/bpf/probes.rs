@@ -5,14 +5,16 @@
 //! load → attach each program (a `Link` each; dropping `Probes` detaches
 //! everything, and so does the kernel when the process dies).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 use serde::Serialize;
 
 use super::skel::{types, OpenSkprofSkel, SkprofSkel, SkprofSkelBuilder};
@@ -21,7 +23,8 @@ use crate::error::SkprofError;
 use crate::kernel::{KernelFunctions, RELEASE_FN};
 use crate::model::hist::{self, LogHist};
 use crate::model::ids::{Helper, Outcome, SockClass};
-use crate::model::snapshot::{Counters, Snapshot};
+use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
+use crate::model::snapshot::{Cell, CellKey, Counters, Snapshot};
 
 /// What the user asked for (`--probe-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -107,6 +110,12 @@ unsafe trait Pod: Copy {}
 unsafe impl Pod for types::skprof_hist {}
 // SAFETY: generated from `struct skprof_counters` (u64 arrays and fields).
 unsafe impl Pod for types::skprof_counters {}
+// SAFETY: generated from `struct skprof_hist_key` (u32 and u16 fields).
+unsafe impl Pod for types::skprof_hist_key {}
+// SAFETY: generated from `struct skprof_ref` (integers and a byte array).
+unsafe impl Pod for types::skprof_ref {}
+// SAFETY: generated from `struct skprof_event` (integers and skprof_ref).
+unsafe impl Pod for types::skprof_event {}
 
 fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T> {
     if bytes.len() < size_of::<T>() {
@@ -121,10 +130,46 @@ fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// File descriptors of the maps in `bpf/shared.bpf.h`.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedMaps<'a> {
+    pub counters: std::os::fd::BorrowedFd<'a>,
+    pub runs: std::os::fd::BorrowedFd<'a>,
+    pub ledger: std::os::fd::BorrowedFd<'a>,
+    pub events: std::os::fd::BorrowedFd<'a>,
+}
+
+/// Sizes and switches set before load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Keep the reference ledger (acquire → release matching, leaks).
+    pub ledger: bool,
+    /// Outstanding references the ledger can hold; more are counted in
+    /// `drops.ledger_full`.
+    pub ledger_size: u32,
+    /// (program, helper, outcome) aggregates the kernel can hold; more are
+    /// counted in `drops.hists_full`.
+    pub max_series: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            ledger: true,
+            ledger_size: 65_536,
+            max_series: 4096,
+        }
+    }
+}
+
 /// Loaded and attached probes.
 pub struct Probes {
+    /// Leak events; declared before `skel` so it is dropped first.
+    events: RingBuffer<'static>,
+    event_buf: Arc<Mutex<Vec<Vec<u8>>>>,
     skel: SkprofSkel<'static>,
-    links: Vec<Link>,
+    /// (program name, link); dropping a link detaches it.
+    links: Vec<(String, Link)>,
     kind: ProbeKind,
     helpers: Vec<Helper>,
     prog_fds: Vec<i32>,
@@ -135,13 +180,13 @@ pub struct Probes {
 
 impl Probes {
     /// Loads and attaches the probes in the requested mode.
-    pub fn load(mode: ProbeMode, funcs: &KernelFunctions) -> Result<Probes> {
+    pub fn load(mode: ProbeMode, funcs: &KernelFunctions, opts: &ProbeOptions) -> Result<Probes> {
         match mode {
-            ProbeMode::Fentry => Probes::load_kind(ProbeKind::Fentry, funcs),
-            ProbeMode::Kprobe => Probes::load_kind(ProbeKind::Kprobe, funcs),
-            ProbeMode::Auto => match Probes::load_kind(ProbeKind::Fentry, funcs) {
+            ProbeMode::Fentry => Probes::load_kind(ProbeKind::Fentry, funcs, opts),
+            ProbeMode::Kprobe => Probes::load_kind(ProbeKind::Kprobe, funcs, opts),
+            ProbeMode::Auto => match Probes::load_kind(ProbeKind::Fentry, funcs, opts) {
                 Ok(p) => Ok(p),
-                Err(fentry_err) => match Probes::load_kind(ProbeKind::Kprobe, funcs) {
+                Err(fentry_err) => match Probes::load_kind(ProbeKind::Kprobe, funcs, opts) {
                     Ok(mut p) => {
                         p.fallback_reason = Some(format!("{fentry_err:#}"));
                         Ok(p)
@@ -157,7 +202,11 @@ impl Probes {
     }
 
     /// Loads and attaches one probe kind.
-    pub fn load_kind(kind: ProbeKind, funcs: &KernelFunctions) -> Result<Probes> {
+    pub fn load_kind(
+        kind: ProbeKind,
+        funcs: &KernelFunctions,
+        opts: &ProbeOptions,
+    ) -> Result<Probes> {
         let (available, source) = match kind {
             ProbeKind::Fentry => (&funcs.btf, "kernel BTF"),
             ProbeKind::Kprobe => (&funcs.kallsyms, "/proc/kallsyms"),
@@ -181,6 +230,19 @@ impl Probes {
 
         let mut open = open_skel()?;
         check_layout(&open)?;
+        open.maps
+            .ledger
+            .set_max_entries(opts.ledger_size.max(1))
+            .context("set the ledger size")?;
+        open.maps
+            .hists
+            .set_max_entries(opts.max_series.max(1))
+            .context("set the number of series")?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| anyhow!("skprof.bpf.o has no .rodata"))?
+            .ledger_on = opts.ledger;
         for mut prog in open.open_object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             let wanted = split_prog_name(&name)
@@ -212,10 +274,23 @@ impl Probes {
                     .unwrap_or_default();
                 anyhow!(e).context(format!("attach {} {func}{reason}", role.label()))
             })?;
-            links.push(link);
+            links.push((name, link));
             prog_fds.push(prog.as_fd().as_raw_fd());
         }
+        let event_buf: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sink = Arc::clone(&event_buf);
+        let mut rb = RingBufferBuilder::new();
+        rb.add(&skel.maps.events, move |data: &[u8]| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(data.to_vec());
+            }
+            0
+        })
+        .context("open the events ring buffer")?;
+        let events = rb.build().context("open the events ring buffer")?;
         Ok(Probes {
+            events,
+            event_buf,
             skel,
             links,
             kind,
@@ -235,37 +310,135 @@ impl Probes {
         &self.helpers
     }
 
+    /// The maps the per-program attribution probes (`bpf/attrib.bpf.c`)
+    /// share with these probes: pass each to `OpenMapMut::reuse_fd` on the
+    /// attribution object's map of the same name before loading it.
+    pub fn shared_maps(&self) -> SharedMaps<'_> {
+        SharedMaps {
+            counters: self.skel.maps.counters.as_fd(),
+            runs: self.skel.maps.runs.as_fd(),
+            ledger: self.skel.maps.ledger.as_fd(),
+            events: self.skel.maps.events.as_fd(),
+        }
+    }
+
     /// Number of attached programs.
     pub fn attached(&self) -> usize {
         self.links.len()
     }
 
+    /// Stops (false) or resumes (true) tracing `bpf_sk_release`. With it
+    /// stopped the ledger misses releases: this is how the tests inject an
+    /// imbalance the leak report must catch.
+    pub fn trace_releases(&mut self, on: bool) -> Result<()> {
+        let is_release = |n: &str| split_prog_name(n).is_some_and(|(_, f)| f == RELEASE_FN);
+        if !on {
+            self.links.retain(|(n, _)| !is_release(n));
+            return Ok(());
+        }
+        if self.links.iter().any(|(n, _)| is_release(n)) {
+            return Ok(());
+        }
+        for prog in self.skel.object().progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            if prog.autoload() && is_release(&name) {
+                let link = prog
+                    .attach()
+                    .with_context(|| format!("attach {name} again"))?;
+                self.links.push((name, link));
+            }
+        }
+        Ok(())
+    }
+
+    /// The references the ledger holds now.
+    pub fn read_ledger(&self) -> Result<Vec<OutstandingRef>> {
+        let ledger = &self.skel.maps.ledger;
+        let mut out = Vec::new();
+        for key in ledger.keys() {
+            let sk = u64::from_ne_bytes(key[..8].try_into().context("ledger key size")?);
+            // Released since keys() listed it: skip.
+            if let Some(v) = ledger
+                .lookup(&key, MapFlags::ANY)
+                .context("read map ledger")?
+            {
+                let r: types::skprof_ref = read_pod(&v)?;
+                out.push(outstanding(sk, &r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leak events delivered since the last call.
+    pub fn take_run_leaks(&self) -> Result<Vec<RunLeak>> {
+        self.events
+            .consume()
+            .context("read the events ring buffer")?;
+        let raw = self
+            .event_buf
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(raw.len());
+        for bytes in raw {
+            let ev: types::skprof_event = read_pod(&bytes)?;
+            if ev.r#type == types::skprof_event_type::SKPROF_EV_RUN_LEAK.0 {
+                out.push(RunLeak {
+                    ts_ns: ev.ts,
+                    prog_id: ev.prog_id,
+                    reference: outstanding(ev.sk, &ev.r#ref),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads every map, merging the per-CPU values.
     pub fn read(&self) -> Result<Snapshot> {
         let mono_ns = self.start.elapsed().as_nanos() as u64;
-        let mut hists = Vec::with_capacity(Helper::COUNT * Outcome::COUNT);
         let mut dense = vec![0u64; hist::SLOTS];
-        for key in 0..(Helper::COUNT * Outcome::COUNT) as u32 {
-            let per_cpu = self
-                .skel
-                .maps
-                .hists
-                .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
-                .with_context(|| format!("read map hists[{key}]"))?
-                .unwrap_or_default();
-            dense.iter_mut().for_each(|d| *d = 0);
-            let (mut count, mut sum, mut max, mut overflow) = (0u64, 0u64, 0u64, 0u64);
-            for bytes in &per_cpu {
-                let h: types::skprof_hist = read_pod(bytes)?;
-                count += h.count;
-                sum += h.sum_ns;
-                max = max.max(h.max_ns);
-                overflow += h.overflow;
-                for (d, s) in dense.iter_mut().zip(h.slots.iter()) {
-                    *d += s;
+        let mut cells = BTreeMap::new();
+        let hists = &self.skel.maps.hists;
+        for key_bytes in hists.keys() {
+            let k: types::skprof_hist_key = read_pod(&key_bytes)?;
+            let (Some(helper), Some(outcome)) = (
+                Helper::from_index(k.helper as usize),
+                Outcome::from_index(k.outcome as usize),
+            ) else {
+                continue;
+            };
+            // Deleted since keys() listed it (a slot being freed): skip.
+            let Some(per_cpu) = hists
+                .lookup_percpu(&key_bytes, MapFlags::ANY)
+                .context("read map hists")?
+            else {
+                continue;
+            };
+            let mut cell = Cell::default();
+            let hist = merge_cpus(&per_cpu, &mut dense, |h| {
+                for c in 0..SockClass::COUNT {
+                    cell.hits[c] += h.hits[c];
+                    cell.acquired[c] += h.acquired[c];
                 }
+            })?;
+            cell.hist = hist;
+            let key = CellKey {
+                prog: k.prog_slot,
+                helper,
+                outcome,
+            };
+            cells.insert(key, cell);
+        }
+        let mut holds = BTreeMap::new();
+        let holds_map = &self.skel.maps.holds;
+        for key_bytes in holds_map.keys() {
+            let slot = u32::from_ne_bytes(key_bytes[..4].try_into().context("holds key size")?);
+            if let Some(per_cpu) = holds_map
+                .lookup_percpu(&key_bytes, MapFlags::ANY)
+                .context("read map holds")?
+            {
+                holds.insert(slot, merge_cpus(&per_cpu, &mut dense, |_| {})?);
             }
-            hists.push(LogHist::from_dense(count, sum, max, overflow, &dense));
         }
         let per_cpu = self
             .skel
@@ -278,21 +451,45 @@ impl Probes {
         for bytes in &per_cpu {
             let c: types::skprof_counters = read_pod(bytes)?;
             counters.merge(&Counters {
-                hits: c.hits,
-                acquired: c.acquired,
                 released: c.released,
                 release_noop: c.release_noop,
                 release_null: c.release_null,
                 unmatched_exit: c.unmatched_exit,
                 evicted_entry: c.evicted_entry,
+                release_unmatched: c.release_unmatched,
+                ledger_full: c.ledger_full,
+                events_dropped: c.events_dropped,
+                run_table_full: c.run_table_full,
+                hists_full: c.hists_full,
             });
         }
         Ok(Snapshot {
             mono_ns,
-            hists,
+            cells,
+            holds,
             counters,
             recursion_misses: self.recursion_misses(),
         })
+    }
+
+    /// Deletes the aggregates of program slots that were freed (their
+    /// program went away), so a slot's next program starts from zero.
+    pub fn forget_slots(&self, slots: &[u32]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let hists = &self.skel.maps.hists;
+        for key_bytes in hists.keys() {
+            let k: types::skprof_hist_key = read_pod(&key_bytes)?;
+            if slots.contains(&k.prog_slot) {
+                // Already gone is fine: another reader raced us.
+                let _ = hists.delete(&key_bytes);
+            }
+        }
+        for slot in slots {
+            let _ = self.skel.maps.holds.delete(&slot.to_ne_bytes());
+        }
+        Ok(())
     }
 
     /// Sum of the kernel's `recursion_misses` over our programs: probe runs
@@ -316,6 +513,61 @@ pub fn refusal(fentry_err: &str, kprobe_err: &str) -> String {
         "; this kernel has no kprobe PMU"
     };
     format!("fentry/fexit refused ({fentry_err}) and kprobes unavailable ({kprobe_err}){pmu}")
+}
+
+/// The kernel's CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn outstanding(sk: u64, r: &types::skprof_ref) -> OutstandingRef {
+    OutstandingRef {
+        sk,
+        acquired_ns: r.acquired_ns,
+        count: r.count,
+        prog_id: r.prog_id,
+        helper: Helper::from_index(r.helper as usize).unwrap_or(Helper::SkLookupTcp),
+        class: SockClass::ALL
+            .get(r.sock_class as usize)
+            .copied()
+            .unwrap_or(SockClass::Other),
+        state: r.state,
+        tuple: Tuple::decode(&r.tuple, r.tuple_len),
+        netns: r.netns,
+        cpu: r.cpu,
+        refcnt: r.refcnt,
+        stack_id: r.stack_id,
+    }
+}
+
+/// Sums one histogram's per-CPU values; `extra` sees each CPU's value for
+/// the fields beside the histogram.
+fn merge_cpus(
+    per_cpu: &[Vec<u8>],
+    dense: &mut [u64],
+    mut extra: impl FnMut(&types::skprof_hist),
+) -> Result<LogHist> {
+    dense.iter_mut().for_each(|d| *d = 0);
+    let (mut count, mut sum, mut max, mut overflow) = (0u64, 0u64, 0u64, 0u64);
+    for bytes in per_cpu {
+        let h: types::skprof_hist = read_pod(bytes)?;
+        count += h.count;
+        sum += h.sum_ns;
+        max = max.max(h.max_ns);
+        overflow += h.overflow;
+        for (d, s) in dense.iter_mut().zip(h.slots.iter()) {
+            *d += s;
+        }
+        extra(&h);
+    }
+    Ok(LogHist::from_dense(count, sum, max, overflow, dense))
 }
 
 fn prog_info(fd: i32) -> Result<libbpf_rs::libbpf_sys::bpf_prog_info> {
@@ -458,8 +710,9 @@ mod tests {
         let h = types::skprof_hist::default();
         assert_eq!(h.slots.len(), hist::SLOTS);
         let c = types::skprof_counters::default();
-        assert_eq!(c.hits.len(), Helper::COUNT);
-        assert_eq!(c.hits[0].len(), SockClass::COUNT);
+        assert_eq!(c.unmatched_exit.len(), Helper::COUNT);
+        assert_eq!(c.released.len(), SockClass::COUNT);
+        assert_eq!(h.hits.len(), SockClass::COUNT);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::bpf::probes::{ProbeKind, Probes};
+use crate::bpf::probes::{ProbeKind, ProbeOptions, Probes};
 use crate::error::SkprofError;
 use crate::kernel::{self, KernelFunctions, Privileges, RELEASE_FN};
 use crate::model::ids::Helper;
@@ -60,7 +60,7 @@ impl CheckReport {
 fn attempt(kind: ProbeKind, funcs: &KernelFunctions) -> Attempt {
     // Loading and attaching the real probes is the only reliable test:
     // lockdown, LSMs and kernel configs refuse in ways no file shows.
-    match Probes::load_kind(kind, funcs) {
+    match Probes::load_kind(kind, funcs, &ProbeOptions::default()) {
         Ok(_probes) => Attempt {
             ok: true,
             error: None,

@@ -2,6 +2,7 @@
 //! commands, and the background workload.
 
 pub mod check;
+pub mod leaks;
 pub mod stat;
 
 use std::io::Write;
@@ -13,10 +14,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::bpf::probes::{ProbeKind, ProbeMode, Probes};
+use crate::bpf::probes::{ProbeKind, ProbeMode, ProbeOptions, Probes};
 use crate::error::{SkprofError, EXIT_CODES_HELP};
 use crate::kernel::{self, KernelFunctions, Privileges};
 use crate::model::ids::Family;
+use crate::model::snapshot::{ProgramRef, UNATTRIBUTED};
 use crate::workload::{Workload, WorkloadArgs, WorkloadOpts};
 
 #[derive(Debug, Parser)]
@@ -41,6 +43,10 @@ pub enum Command {
     /// Print per-helper calls, hit ratio, latency percentiles and references
     /// every INTERVAL seconds, COUNT times.
     Stat(stat::StatArgs),
+    /// List socket references acquired by traced lookups and not released
+    /// after --older-than, grouped by program, helper and kernel stack, and
+    /// every traced program run that ended holding one (exit code 5).
+    Leaks(leaks::LeaksArgs),
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.
     Workload(WorkloadArgs),
@@ -51,6 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check(a) => check::run(&a),
         Command::Stat(a) => stat::run(&a),
+        Command::Leaks(a) => leaks::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),
     }
 }
@@ -62,6 +69,18 @@ pub struct SessionArgs {
     /// (fentry, else kprobes).
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
+    /// Do not keep the reference ledger (acquire/release matching and
+    /// hold times); lookups and releases are still counted.
+    #[arg(long)]
+    pub no_ledger: bool,
+    /// Outstanding references the ledger can hold (more are counted as
+    /// drops).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ledger_size: u32,
+    /// (program, helper, outcome) aggregates the kernel can hold (more are
+    /// counted as drops).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series: u32,
     /// Also run the built-in workload in the background, so there is
     /// something to see on an idle machine.
     #[arg(long)]
@@ -143,12 +162,39 @@ impl Session {
             .into());
         }
         let funcs = KernelFunctions::discover();
-        let probes = Probes::load(args.probe_mode, &funcs)?;
+        let opts = ProbeOptions {
+            ledger: !args.no_ledger,
+            ledger_size: args.ledger_size,
+            max_series: args.max_series,
+        };
+        let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
         Ok(Session {
             funcs,
             probes,
             kernel: kernel::release(),
         })
+    }
+
+    /// How a program slot is shown.
+    pub fn program(&self, slot: u32) -> ProgramRef {
+        ProgramRef {
+            slot,
+            id: 0,
+            name: if slot == UNATTRIBUTED {
+                "(not traced)".into()
+            } else {
+                format!("slot {slot}")
+            },
+        }
+    }
+
+    /// How a program id is shown.
+    pub fn program_name(&self, id: u32) -> String {
+        if id == 0 {
+            "(not traced)".into()
+        } else {
+            format!("prog {id}")
+        }
     }
 
     pub fn banner(&self) -> String {

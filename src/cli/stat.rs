@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{Session, WorkloadRunner};
 use crate::bpf::probes::ProbeKind;
 use crate::model::hist::Percentiles;
-use crate::model::snapshot::IntervalStats;
+use crate::model::snapshot::{Grouping, IntervalStats, ProgramRef};
 
 /// Latency units of the table (`--units`). JSON is always in ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +34,9 @@ pub struct StatArgs {
     /// Latency units of the table.
     #[arg(long, value_enum, default_value_t = Units::Us)]
     pub units: Units,
+    /// Rows per helper function, or per (calling program, helper).
+    #[arg(long, value_enum, default_value_t = Grouping::Helper)]
+    pub by: Grouping,
     /// Report totals since start instead of per-interval values.
     #[arg(long)]
     pub cumulative: bool,
@@ -96,7 +99,10 @@ pub fn run(args: &StatArgs) -> Result<()> {
         } else {
             (cur.delta(&prev), now.duration_since(last).as_secs_f64())
         };
-        let stats = IntervalStats::compute(&delta, secs, session.probes.helpers());
+        let stats =
+            IntervalStats::compute(&delta, secs, session.probes.helpers(), args.by, &|slot| {
+                session.program(slot)
+            });
         if args.json {
             let line = JsonInterval {
                 kind: "interval",
@@ -146,15 +152,46 @@ fn fmt_lat(ns: u64, units: Units) -> String {
     }
 }
 
+fn program_label(p: &ProgramRef) -> String {
+    let label = if p.id == 0 {
+        p.name.clone()
+    } else {
+        format!("{}[{}]", p.name, p.id)
+    };
+    if label.chars().count() > 24 {
+        format!("{}…", label.chars().take(23).collect::<String>())
+    } else {
+        label
+    }
+}
+
 /// The text report of one interval (pure: tested below).
 pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     let u = match units {
         Units::Ns => "ns",
         Units::Us => "us",
     };
+    let by_program = s.by == Grouping::Program;
+    let prog_col = |label: &str| {
+        if by_program {
+            format!("{label:<24} ")
+        } else {
+            String::new()
+        }
+    };
     let mut t = format!(
-        "\n{clock}  interval {:.2}s  (latency in {u})\n{:<30} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
-        s.interval_s, "HELPER", "CALLS", "CALLS/s", "HIT%", "P50", "P90", "P99", "MAX", "ACQ"
+        "\n{clock}  interval {:.2}s  (latency in {u})\n{}{:<30} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        s.interval_s,
+        prog_col("PROGRAM"),
+        "HELPER",
+        "CALLS",
+        "CALLS/s",
+        "HIT%",
+        "P50",
+        "P90",
+        "P99",
+        "MAX",
+        "ACQ"
     );
     for r in &s.helpers {
         let p: &Percentiles = &r.latency_ns;
@@ -166,7 +203,8 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
             }
         };
         t += &format!(
-            "{:<30} {:>9} {:>10.1} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+            "{}{:<30} {:>9} {:>10.1} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+            prog_col(&r.program.as_ref().map(program_label).unwrap_or_default()),
             r.helper,
             r.calls,
             r.calls_per_s,
@@ -192,11 +230,28 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
             format!("imbalance {:+}", rel.dropped as i128 - s.acquired as i128)
         }
     );
+    if rel.hold_ns.count > 0 || rel.unmatched > 0 {
+        t += &format!(
+            "references held: p50 {} p99 {} max {} {u}; {} released without a traced acquire\n",
+            fmt_lat(rel.hold_ns.p50, units),
+            fmt_lat(rel.hold_ns.p99, units),
+            fmt_lat(rel.hold_ns.max, units),
+            rel.unmatched
+        );
+    }
     let d = &s.drops;
     if d.total() > 0 {
         t += &format!(
-            "DROPS: {} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s\n",
-            d.unmatched_exits, d.evicted_entries, d.recursion_misses, d.hist_overflow
+            "DROPS: {} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, \
+             {} series over --max-series, {} ledger full, {} events lost, {} runs not recorded\n",
+            d.unmatched_exits,
+            d.evicted_entries,
+            d.recursion_misses,
+            d.hist_overflow,
+            d.hists_full,
+            d.ledger_full,
+            d.events_dropped,
+            d.run_table_full
         );
     }
     t
@@ -207,26 +262,45 @@ mod tests {
     use super::*;
     use crate::model::hist::{slot_of, LogHist, SLOTS};
     use crate::model::ids::{Helper, Outcome, SockClass};
-    use crate::model::snapshot::Snapshot;
+    use crate::model::snapshot::{Cell, CellKey, Snapshot};
 
-    fn sample() -> IntervalStats {
+    fn sample(by: Grouping) -> IntervalStats {
         let mut s = Snapshot::default();
         let mut dense = vec![0; SLOTS];
         for v in [1000u64, 2000, 3000, 4000] {
             dense[slot_of(v)] += 1;
         }
-        s.hists[Helper::TcSkLookupTcp.index() * Outcome::COUNT] =
-            LogHist::from_dense(4, 10_000, 4000, 0, &dense);
-        s.counters.hits[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 4;
-        s.counters.acquired[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 4;
+        let mut cell = Cell {
+            hist: LogHist::from_dense(4, 10_000, 4000, 0, &dense),
+            ..Default::default()
+        };
+        cell.hits[SockClass::Established.index()] = 4;
+        cell.acquired[SockClass::Established.index()] = 4;
+        let key = CellKey {
+            prog: 3,
+            helper: Helper::TcSkLookupTcp,
+            outcome: Outcome::Hit,
+        };
+        s.cells.insert(key, cell);
         s.counters.released[SockClass::Established.index()] = 3;
         s.counters.unmatched_exit[0] = 2;
-        IntervalStats::compute(&s, 2.0, &[Helper::SkLookupTcp, Helper::TcSkLookupTcp])
+        let label = |slot| ProgramRef {
+            slot,
+            id: 42,
+            name: "cilium_tproxy_ingress_handler".into(),
+        };
+        IntervalStats::compute(
+            &s,
+            2.0,
+            &[Helper::SkLookupTcp, Helper::TcSkLookupTcp],
+            by,
+            &label,
+        )
     }
 
     #[test]
     fn table_shows_rows_release_balance_and_drops() {
-        let t = format_table(&sample(), Units::Us, "12:00:00");
+        let t = format_table(&sample(Grouping::Helper), Units::Us, "12:00:00");
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[1], "12:00:00  interval 2.00s  (latency in us)");
         assert!(lines[2].starts_with("HELPER"));
@@ -242,8 +316,21 @@ mod tests {
     }
 
     #[test]
+    fn program_rows_are_labelled() {
+        let t = format_table(&sample(Grouping::Program), Units::Us, "x");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].starts_with("PROGRAM"), "{t}");
+        // Only the called (program, helper) pair, name cut to 24 columns.
+        assert!(
+            lines[3].starts_with("cilium_tproxy_ingress_h… bpf_tc_sk_lookup_tcp"),
+            "{t}"
+        );
+        assert!(lines[4].starts_with("bpf_sk_release"), "{t}");
+    }
+
+    #[test]
     fn ns_units_are_integers() {
-        let t = format_table(&sample(), Units::Ns, "x");
+        let t = format_table(&sample(Grouping::Helper), Units::Ns, "x");
         assert!(t.contains(" 4000 "), "{t}");
     }
 

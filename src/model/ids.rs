@@ -159,6 +159,10 @@ impl Outcome {
         self as usize
     }
 
+    pub fn from_index(i: usize) -> Option<Outcome> {
+        Outcome::ALL.get(i).copied()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",

@@ -2,4 +2,5 @@
 //! recording) and unit-tested with recorded data.
 pub mod hist;
 pub mod ids;
+pub mod ledger;
 pub mod snapshot;

@@ -1,6 +1,8 @@
 //! One reading of every probe map, merged over CPUs, and the per-interval
 //! statistics derived from two readings.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::hist::{LogHist, Percentiles};
@@ -12,13 +14,16 @@ const C: usize = SockClass::COUNT;
 /// `struct skprof_counters`, merged over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Counters {
-    pub hits: [[u64; C]; H],
-    pub acquired: [[u64; C]; H],
     pub released: [u64; C],
     pub release_noop: [u64; C],
     pub release_null: u64,
     pub unmatched_exit: [u64; H],
     pub evicted_entry: [u64; H],
+    pub release_unmatched: [u64; C],
+    pub ledger_full: u64,
+    pub events_dropped: u64,
+    pub run_table_full: u64,
+    pub hists_full: u64,
 }
 
 fn sub_arr<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
@@ -33,74 +38,139 @@ fn add_arr<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
 
 impl Counters {
     pub fn merge(&mut self, o: &Counters) {
-        for h in 0..H {
-            add_arr(&mut self.hits[h], &o.hits[h]);
-            add_arr(&mut self.acquired[h], &o.acquired[h]);
-        }
         add_arr(&mut self.released, &o.released);
         add_arr(&mut self.release_noop, &o.release_noop);
         self.release_null += o.release_null;
         add_arr(&mut self.unmatched_exit, &o.unmatched_exit);
         add_arr(&mut self.evicted_entry, &o.evicted_entry);
+        add_arr(&mut self.release_unmatched, &o.release_unmatched);
+        self.ledger_full += o.ledger_full;
+        self.events_dropped += o.events_dropped;
+        self.run_table_full += o.run_table_full;
+        self.hists_full += o.hists_full;
     }
 
     pub fn delta(&self, e: &Counters) -> Counters {
         Counters {
-            hits: std::array::from_fn(|h| sub_arr(&self.hits[h], &e.hits[h])),
-            acquired: std::array::from_fn(|h| sub_arr(&self.acquired[h], &e.acquired[h])),
             released: sub_arr(&self.released, &e.released),
             release_noop: sub_arr(&self.release_noop, &e.release_noop),
             release_null: self.release_null.saturating_sub(e.release_null),
             unmatched_exit: sub_arr(&self.unmatched_exit, &e.unmatched_exit),
             evicted_entry: sub_arr(&self.evicted_entry, &e.evicted_entry),
+            release_unmatched: sub_arr(&self.release_unmatched, &e.release_unmatched),
+            ledger_full: self.ledger_full.saturating_sub(e.ledger_full),
+            events_dropped: self.events_dropped.saturating_sub(e.events_dropped),
+            run_table_full: self.run_table_full.saturating_sub(e.run_table_full),
+            hists_full: self.hists_full.saturating_sub(e.hists_full),
+        }
+    }
+}
+
+/// Program slot of calls whose caller is not traced.
+pub const UNATTRIBUTED: u32 = 0;
+
+/// Key of one aggregate: the calling program's slot, the helper, the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CellKey {
+    pub prog: u32,
+    pub helper: Helper,
+    pub outcome: Outcome,
+}
+
+/// One (program, helper, outcome) aggregate: latency, and for hits the
+/// class of the sockets found and the references taken.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cell {
+    pub hist: LogHist,
+    pub hits: [u64; C],
+    pub acquired: [u64; C],
+}
+
+impl Cell {
+    pub fn merge(&mut self, o: &Cell) {
+        self.hist.merge(&o.hist);
+        add_arr(&mut self.hits, &o.hits);
+        add_arr(&mut self.acquired, &o.acquired);
+    }
+
+    pub fn delta(&self, e: &Cell) -> Cell {
+        if e.hist.count > self.hist.count {
+            // Reset in between (slot reused by another program).
+            return self.clone();
+        }
+        Cell {
+            hist: self.hist.delta(&e.hist),
+            hits: sub_arr(&self.hits, &e.hits),
+            acquired: sub_arr(&self.acquired, &e.acquired),
         }
     }
 }
 
 /// Everything the probes aggregated, at one instant (cumulative since load).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
-    /// Monotonic time of the reading, in ns (CLOCK_MONOTONIC).
+    /// Monotonic time of the reading, in ns since the probes were loaded.
     pub mono_ns: u64,
-    /// Indexed by `helper * Outcome::COUNT + outcome`.
-    pub hists: Vec<LogHist>,
+    /// Only the (program, helper, outcome) triples that occurred.
+    pub cells: BTreeMap<CellKey, Cell>,
+    /// Reference hold times (acquire to release), by acquiring program slot.
+    pub holds: BTreeMap<u32, LogHist>,
     pub counters: Counters,
     /// Probe runs the kernel skipped because the probe was already running on
     /// that CPU (sum of `recursion_misses` over skprof's programs).
     pub recursion_misses: u64,
 }
 
-impl Default for Snapshot {
-    fn default() -> Self {
-        Snapshot {
-            mono_ns: 0,
-            hists: vec![LogHist::default(); H * Outcome::COUNT],
-            counters: Counters::default(),
-            recursion_misses: 0,
-        }
-    }
+fn delta_map<K: Ord + Copy, V: Clone>(
+    now: &BTreeMap<K, V>,
+    before: &BTreeMap<K, V>,
+    f: impl Fn(&V, &V) -> V,
+) -> BTreeMap<K, V> {
+    now.iter()
+        .map(|(k, v)| (*k, before.get(k).map_or_else(|| v.clone(), |b| f(v, b))))
+        .collect()
 }
 
 impl Snapshot {
-    pub fn hist(&self, h: Helper, o: Outcome) -> &LogHist {
-        &self.hists[h.index() * Outcome::COUNT + o.index()]
-    }
-
-    /// What happened between `earlier` and `self`.
+    /// What happened between `earlier` and `self`. Aggregates that went
+    /// away (a program unloaded) are not in the result.
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
             mono_ns: self.mono_ns,
-            hists: self
-                .hists
-                .iter()
-                .zip(&earlier.hists)
-                .map(|(a, b)| a.delta(b))
-                .collect(),
+            cells: delta_map(&self.cells, &earlier.cells, Cell::delta),
+            holds: delta_map(&self.holds, &earlier.holds, LogHist::delta),
             counters: self.counters.delta(&earlier.counters),
             recursion_misses: self
                 .recursion_misses
                 .saturating_sub(earlier.recursion_misses),
         }
+    }
+
+    /// The cells of `helper` (all outcomes) whose program `keep` accepts,
+    /// merged by outcome.
+    pub fn merged(&self, helper: Helper, keep: impl Fn(u32) -> bool) -> [Cell; Outcome::COUNT] {
+        let mut out: [Cell; Outcome::COUNT] = Default::default();
+        for (k, c) in &self.cells {
+            if k.helper == helper && keep(k.prog) {
+                out[k.outcome.index()].merge(c);
+            }
+        }
+        out
+    }
+
+    /// Drops the aggregates of freed program slots (their program went
+    /// away; the kernel-side entries are deleted at the same time), so the
+    /// slot's next program is measured from zero.
+    pub fn forget_slots(&mut self, slots: &[u32]) {
+        self.cells.retain(|k, _| !slots.contains(&k.prog));
+        self.holds.retain(|k, _| !slots.contains(k));
+    }
+
+    /// Program slots with at least one cell, ascending.
+    pub fn programs(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.cells.keys().map(|k| k.prog).collect();
+        v.dedup();
+        v
     }
 }
 
@@ -143,9 +213,32 @@ pub struct ByOutcome {
     pub bad_flags: u64,
 }
 
-/// One row of `skprof stat`: a helper function over one interval.
+/// The program a row belongs to (`--by program`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramRef {
+    /// skprof's slot for it (0: calls from programs skprof does not trace).
+    pub slot: u32,
+    /// The kernel's program id (0 when not traced).
+    pub id: u32,
+    pub name: String,
+}
+
+/// How `skprof stat` groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grouping {
+    /// One row per helper function, over every calling program.
+    Helper,
+    /// One row per (calling program, helper function).
+    Program,
+}
+
+/// One row of `skprof stat`: a helper function (of one program, with
+/// `--by program`) over one interval.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HelperStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramRef>,
     pub helper: &'static str,
     pub calls: u64,
     pub calls_per_s: f64,
@@ -159,13 +252,69 @@ pub struct HelperStats {
     pub acquired: u64,
     pub hits_by_class: ByClass,
     pub acquired_by_class: ByClass,
+    /// How long this program held the references it acquired (`--by
+    /// program` only; the same for each helper row of a program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_ns: Option<Percentiles>,
     pub unmatched_exits: u64,
     pub evicted_entries: u64,
 }
 
+impl HelperStats {
+    fn from_cells(
+        helper: Helper,
+        cells: &[Cell; Outcome::COUNT],
+        secs: f64,
+        program: Option<ProgramRef>,
+        hold_ns: Option<Percentiles>,
+        c: &Counters,
+    ) -> HelperStats {
+        let mut all = Cell::default();
+        for cell in cells {
+            all.merge(cell);
+        }
+        let n = |o: Outcome| cells[o.index()].hist.count;
+        let hits = n(Outcome::Hit);
+        let acquired_by_class = ByClass::from_array(&all.acquired);
+        // Entry/exit pairing losses are per helper, not per program.
+        let whole_helper = program.is_none();
+        HelperStats {
+            program,
+            helper: helper.function(),
+            calls: all.hist.count,
+            calls_per_s: rate(all.hist.count, secs),
+            hits,
+            hit_pct: pct(hits, all.hist.count),
+            outcomes: ByOutcome {
+                hit: hits,
+                no_socket: n(Outcome::NoSocket),
+                bad_len: n(Outcome::BadLen),
+                bad_netns: n(Outcome::BadNetns),
+                bad_flags: n(Outcome::BadFlags),
+            },
+            latency_ns: all.hist.percentiles(),
+            hit_latency_ns: cells[Outcome::Hit.index()].hist.percentiles(),
+            acquired: acquired_by_class.total(),
+            hits_by_class: ByClass::from_array(&all.hits),
+            acquired_by_class,
+            hold_ns,
+            unmatched_exits: if whole_helper {
+                c.unmatched_exit[helper.index()]
+            } else {
+                0
+            },
+            evicted_entries: if whole_helper {
+                c.evicted_entry[helper.index()]
+            } else {
+                0
+            },
+        }
+    }
+}
+
 /// `bpf_sk_release` over one interval. Releases are not attributed to a
 /// helper: the kernel function does not know which lookup found the socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReleaseStats {
     pub calls: u64,
     pub dropped: u64,
@@ -173,6 +322,13 @@ pub struct ReleaseStats {
     pub null: u64,
     pub dropped_by_class: ByClass,
     pub noop_by_class: ByClass,
+    /// Releases that dropped a reference no traced lookup took (the socket
+    /// came from SOCKMAP/SOCKHASH, bpf_skc_to_*, or before skprof started):
+    /// their own class, not an error.
+    pub unmatched: u64,
+    pub unmatched_by_class: ByClass,
+    /// Hold time of released references, acquire to release, in ns.
+    pub hold_ns: Percentiles,
 }
 
 /// Probe-side losses over one interval. All of them should be zero; any
@@ -183,11 +339,26 @@ pub struct Drops {
     pub evicted_entries: u64,
     pub recursion_misses: u64,
     pub hist_overflow: u64,
+    /// (program, helper, outcome) aggregates that did not fit the map.
+    pub hists_full: u64,
+    /// Acquires the ledger could not record (it was full).
+    pub ledger_full: u64,
+    /// Leak events lost to a full ring buffer.
+    pub events_dropped: u64,
+    /// Traced program runs not recorded (too many nested on a CPU).
+    pub run_table_full: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.unmatched_exits + self.evicted_entries + self.recursion_misses + self.hist_overflow
+        self.unmatched_exits
+            + self.evicted_entries
+            + self.recursion_misses
+            + self.hist_overflow
+            + self.hists_full
+            + self.ledger_full
+            + self.events_dropped
+            + self.run_table_full
     }
 }
 
@@ -195,6 +366,7 @@ impl Drops {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IntervalStats {
     pub interval_s: f64,
+    pub by: Grouping,
     pub helpers: Vec<HelperStats>,
     pub release: ReleaseStats,
     pub acquired: u64,
@@ -203,44 +375,56 @@ pub struct IntervalStats {
 
 impl IntervalStats {
     /// Statistics of `delta` (a difference of two snapshots, or a cumulative
-    /// snapshot) over `interval_s` seconds, for the listed helpers.
-    pub fn compute(delta: &Snapshot, interval_s: f64, helpers: &[Helper]) -> IntervalStats {
+    /// snapshot) over `interval_s` seconds. With `Grouping::Helper` there is
+    /// one row per listed helper; with `Grouping::Program` one row per
+    /// (program, helper) that was called, named by `label`.
+    pub fn compute(
+        delta: &Snapshot,
+        interval_s: f64,
+        helpers: &[Helper],
+        by: Grouping,
+        label: &dyn Fn(u32) -> ProgramRef,
+    ) -> IntervalStats {
         let c = &delta.counters;
-        let rows: Vec<HelperStats> = helpers
-            .iter()
-            .map(|&h| {
-                let mut all = LogHist::default();
-                for o in Outcome::ALL {
-                    all.merge(delta.hist(h, o));
-                }
-                let n = |o| delta.hist(h, o).count;
-                let hits = n(Outcome::Hit);
-                let acquired_by_class = ByClass::from_array(&c.acquired[h.index()]);
-                HelperStats {
-                    helper: h.function(),
-                    calls: all.count,
-                    calls_per_s: rate(all.count, interval_s),
-                    hits,
-                    hit_pct: pct(hits, all.count),
-                    outcomes: ByOutcome {
-                        hit: hits,
-                        no_socket: n(Outcome::NoSocket),
-                        bad_len: n(Outcome::BadLen),
-                        bad_netns: n(Outcome::BadNetns),
-                        bad_flags: n(Outcome::BadFlags),
-                    },
-                    latency_ns: all.percentiles(),
-                    hit_latency_ns: delta.hist(h, Outcome::Hit).percentiles(),
-                    acquired: acquired_by_class.total(),
-                    hits_by_class: ByClass::from_array(&c.hits[h.index()]),
-                    acquired_by_class,
-                    unmatched_exits: c.unmatched_exit[h.index()],
-                    evicted_entries: c.evicted_entry[h.index()],
-                }
-            })
-            .collect();
+        let rows: Vec<HelperStats> = match by {
+            Grouping::Helper => helpers
+                .iter()
+                .map(|&h| {
+                    HelperStats::from_cells(
+                        h,
+                        &delta.merged(h, |_| true),
+                        interval_s,
+                        None,
+                        None,
+                        c,
+                    )
+                })
+                .collect(),
+            Grouping::Program => delta
+                .programs()
+                .into_iter()
+                .flat_map(|p| {
+                    let hold = delta.holds.get(&p).map(LogHist::percentiles);
+                    helpers
+                        .iter()
+                        .map(move |&h| (p, h, hold))
+                        .collect::<Vec<_>>()
+                })
+                .filter_map(|(p, h, hold)| {
+                    let cells = delta.merged(h, |q| q == p);
+                    (cells.iter().any(|c| c.hist.count > 0)).then(|| {
+                        HelperStats::from_cells(h, &cells, interval_s, Some(label(p)), hold, c)
+                    })
+                })
+                .collect(),
+        };
         let dropped_by_class = ByClass::from_array(&c.released);
         let noop_by_class = ByClass::from_array(&c.release_noop);
+        let unmatched_by_class = ByClass::from_array(&c.release_unmatched);
+        let mut holds = LogHist::default();
+        for h in delta.holds.values() {
+            holds.merge(h);
+        }
         let release = ReleaseStats {
             calls: dropped_by_class.total() + noop_by_class.total() + c.release_null,
             dropped: dropped_by_class.total(),
@@ -248,15 +432,23 @@ impl IntervalStats {
             null: c.release_null,
             dropped_by_class,
             noop_by_class,
+            unmatched: unmatched_by_class.total(),
+            unmatched_by_class,
+            hold_ns: holds.percentiles(),
         };
         let drops = Drops {
             unmatched_exits: c.unmatched_exit.iter().sum(),
             evicted_entries: c.evicted_entry.iter().sum(),
             recursion_misses: delta.recursion_misses,
-            hist_overflow: delta.hists.iter().map(|h| h.overflow).sum(),
+            hist_overflow: delta.cells.values().map(|c| c.hist.overflow).sum(),
+            hists_full: c.hists_full,
+            ledger_full: c.ledger_full,
+            events_dropped: c.events_dropped,
+            run_table_full: c.run_table_full,
         };
         IntervalStats {
             interval_s,
+            by,
             acquired: rows.iter().map(|r| r.acquired).sum(),
             helpers: rows,
             release,
@@ -300,68 +492,180 @@ mod tests {
         )
     }
 
-    /// A recorded two-interval stream: tc listener hits and misses, one
-    /// established hit released, and a UDP hit.
+    fn key(prog: u32, helper: Helper, outcome: Outcome) -> CellKey {
+        CellKey {
+            prog,
+            helper,
+            outcome,
+        }
+    }
+
+    fn cell(values: &[u64], hits: &[(SockClass, u64)], acquired: &[(SockClass, u64)]) -> Cell {
+        let mut c = Cell {
+            hist: hist(values),
+            ..Default::default()
+        };
+        for &(cls, n) in hits {
+            c.hits[cls.index()] = n;
+        }
+        for &(cls, n) in acquired {
+            c.acquired[cls.index()] = n;
+        }
+        c
+    }
+
+    fn label(slot: u32) -> ProgramRef {
+        ProgramRef {
+            slot,
+            id: slot * 10,
+            name: format!("prog{slot}"),
+        }
+    }
+
+    /// A recorded two-interval stream from two programs (slots 1 and 2)
+    /// calling the same tc helper, plus an untraced caller: listener hits,
+    /// an established hit released, misses, and an unmatched release.
     fn recorded() -> (Snapshot, Snapshot) {
+        use SockClass::*;
+        let tc = Helper::TcSkLookupTcp;
         let mut s1 = Snapshot {
             mono_ns: 1_000_000_000,
             ..Default::default()
         };
-        let tc = Helper::TcSkLookupTcp.index() * Outcome::COUNT;
-        s1.hists[tc + Outcome::Hit.index()] = hist(&[2000, 2100, 2200]);
-        s1.hists[tc + Outcome::NoSocket.index()] = hist(&[1500]);
-        s1.counters.hits[Helper::TcSkLookupTcp.index()][SockClass::Listener.index()] = 2;
-        s1.counters.hits[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 1;
-        s1.counters.acquired[Helper::TcSkLookupTcp.index()][SockClass::Established.index()] = 1;
-        s1.counters.released[SockClass::Established.index()] = 1;
-        s1.counters.release_noop[SockClass::Listener.index()] = 2;
+        s1.cells.insert(
+            key(1, tc, Outcome::Hit),
+            cell(
+                &[2000, 2100],
+                &[(Listener, 1), (Established, 1)],
+                &[(Established, 1)],
+            ),
+        );
+        s1.cells.insert(
+            key(2, tc, Outcome::Hit),
+            cell(&[2200], &[(Listener, 1)], &[]),
+        );
+        s1.cells
+            .insert(key(2, tc, Outcome::NoSocket), cell(&[1500], &[], &[]));
+        s1.holds.insert(1, hist(&[5000]));
+        s1.counters.released[Established.index()] = 1;
+        s1.counters.release_noop[Listener.index()] = 2;
         let mut s2 = s1.clone();
         s2.mono_ns = 3_000_000_000;
-        s2.hists[tc + Outcome::Hit.index()] = hist(&[2000, 2100, 2200, 2300, 90_000]);
-        s2.hists[tc + Outcome::BadLen.index()] = hist(&[300]);
-        s2.counters.hits[Helper::TcSkLookupTcp.index()][SockClass::Listener.index()] = 4;
-        s2.counters.release_noop[SockClass::Listener.index()] = 4;
+        s2.cells.insert(
+            key(1, tc, Outcome::Hit),
+            cell(
+                &[2000, 2100, 2300, 90_000],
+                &[(Listener, 3), (Established, 1)],
+                &[(Established, 1)],
+            ),
+        );
+        s2.cells
+            .insert(key(0, tc, Outcome::BadLen), cell(&[300], &[], &[]));
+        s2.counters.release_noop[Listener.index()] = 4;
+        s2.counters.released[TimeWait.index()] = 1;
+        s2.counters.release_unmatched[TimeWait.index()] = 1;
         s2.counters.unmatched_exit[Helper::XdpSkLookupUdp.index()] = 1;
         s2.recursion_misses = 2;
         (s1, s2)
     }
 
     #[test]
-    fn interval_stats_from_a_recorded_stream() {
-        let (s1, s2) = recorded();
-        let first = IntervalStats::compute(&s1, 1.0, &[Helper::TcSkLookupTcp]);
-        let r = &first.helpers[0];
+    fn per_helper_rows_merge_every_program() {
+        let (s1, _) = recorded();
+        let st =
+            IntervalStats::compute(&s1, 1.0, &[Helper::TcSkLookupTcp], Grouping::Helper, &label);
+        let r = &st.helpers[0];
+        assert!(r.program.is_none());
         assert_eq!((r.calls, r.hits, r.acquired), (4, 3, 1));
         assert_eq!(r.outcomes.no_socket, 1);
         assert_eq!(r.hit_pct, 75.0);
-        assert_eq!(first.release.calls, 3);
-        assert_eq!((first.release.dropped, first.release.noop), (1, 2));
-        assert_eq!(first.acquired, first.release.dropped);
-
-        let d = s2.delta(&s1);
-        let second =
-            IntervalStats::compute(&d, 2.0, &[Helper::TcSkLookupTcp, Helper::XdpSkLookupUdp]);
-        let r = &second.helpers[0];
-        assert_eq!((r.calls, r.hits, r.outcomes.bad_len), (3, 2, 1));
-        assert_eq!(r.calls_per_s, 1.5);
-        assert_eq!(r.acquired, 0);
         assert_eq!(r.hits_by_class.listener, 2);
-        assert_eq!(r.latency_ns.max, 90_000);
-        assert_eq!(second.helpers[1].calls, 0);
-        assert_eq!(second.helpers[1].unmatched_exits, 1);
-        assert_eq!(second.release.noop, 2);
-        assert_eq!(second.drops.total(), 3);
-        let p = r.latency_ns;
+        assert_eq!(st.release.calls, 3);
+        assert_eq!((st.release.dropped, st.release.noop), (1, 2));
+        assert_eq!(st.acquired, st.release.dropped);
+        assert_eq!(st.release.hold_ns.max, 5000);
+    }
+
+    #[test]
+    fn per_program_rows_split_the_same_helper() {
+        let (s1, s2) = recorded();
+        let helpers = [Helper::TcSkLookupTcp, Helper::XdpSkLookupUdp];
+        let d = s2.delta(&s1);
+        let st = IntervalStats::compute(&d, 2.0, &helpers, Grouping::Program, &label);
+        // Slot 0 (untraced, bad_len), slot 1 (two more hits); slot 2 had no
+        // calls in the interval, so no row.
+        let rows: Vec<(u32, u64)> = st
+            .helpers
+            .iter()
+            .map(|r| (r.program.as_ref().unwrap().slot, r.calls))
+            .collect();
+        assert_eq!(rows, vec![(0, 1), (1, 2)]);
+        let p1 = &st.helpers[1];
+        assert_eq!(p1.program.as_ref().unwrap().name, "prog1");
+        assert_eq!(p1.calls_per_s, 1.0);
+        assert_eq!(p1.hits_by_class.listener, 2);
+        assert_eq!(p1.latency_ns.max, 90_000);
+        assert_eq!(p1.acquired, 0);
+        // Unchanged hold histogram: an empty interval for slot 1.
+        assert_eq!(p1.hold_ns.unwrap().count, 0);
+        assert_eq!(st.release.unmatched, 1);
+        assert_eq!(st.release.dropped, 1);
+        assert_eq!(st.drops.total(), 3);
+
+        let whole = IntervalStats::compute(&d, 2.0, &helpers, Grouping::Helper, &label);
+        assert_eq!(whole.helpers[0].calls, 3);
+        assert_eq!(whole.helpers[1].unmatched_exits, 1);
+        let p = whole.helpers[0].latency_ns;
         assert!(p.p50 > 0 && p.p50 <= p.p99 && p.p99 <= p.max);
+    }
+
+    #[test]
+    fn a_reused_slot_reads_as_a_reset() {
+        let (mut s1, _) = recorded();
+        let mut s2 = s1.clone();
+        // Slot 2's program went away and the slot now holds a new one that
+        // made one call (as many as the old one's hits): forgetting the slot
+        // in the baseline makes the new reading the interval's.
+        s2.cells.insert(
+            key(2, Helper::TcSkLookupTcp, Outcome::Hit),
+            cell(&[100], &[], &[]),
+        );
+        s2.cells
+            .remove(&key(2, Helper::TcSkLookupTcp, Outcome::NoSocket));
+        s1.forget_slots(&[2]);
+        let d = s2.delta(&s1);
+        assert_eq!(
+            d.cells[&key(1, Helper::TcSkLookupTcp, Outcome::Hit)]
+                .hist
+                .count,
+            0
+        );
+        assert_eq!(
+            d.cells[&key(2, Helper::TcSkLookupTcp, Outcome::Hit)]
+                .hist
+                .count,
+            1
+        );
+        assert!(!d
+            .cells
+            .contains_key(&key(2, Helper::TcSkLookupTcp, Outcome::NoSocket)));
     }
 
     #[test]
     fn json_shape() {
         let (s1, _) = recorded();
-        let st = IntervalStats::compute(&s1, 1.0, &[Helper::TcSkLookupTcp]);
+        let st = IntervalStats::compute(
+            &s1,
+            1.0,
+            &[Helper::TcSkLookupTcp],
+            Grouping::Program,
+            &label,
+        );
         let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["by"], "program");
         let row = &v["helpers"][0];
         assert_eq!(row["helper"], "bpf_tc_sk_lookup_tcp");
+        assert_eq!(row["program"]["id"], 10);
         for k in [
             "calls",
             "calls_per_s",
@@ -374,6 +678,7 @@ mod tests {
         }
         for k in ["count", "p50", "p90", "p99", "p999", "max", "mean", "min"] {
             assert!(row["latency_ns"][k].is_number(), "latency_ns.{k}");
+            assert!(row["hold_ns"][k].is_number(), "hold_ns.{k}");
         }
         for k in ["hit", "no_socket", "bad_len", "bad_netns", "bad_flags"] {
             assert!(row["outcomes"][k].is_number(), "outcomes.{k}");
@@ -388,7 +693,7 @@ mod tests {
         ] {
             assert!(row["hits_by_class"][k].is_number(), "hits_by_class.{k}");
         }
-        for k in ["calls", "dropped", "noop", "null"] {
+        for k in ["calls", "dropped", "noop", "null", "unmatched"] {
             assert!(v["release"][k].is_number(), "release.{k}");
         }
         for k in [
@@ -396,9 +701,18 @@ mod tests {
             "evicted_entries",
             "recursion_misses",
             "hist_overflow",
+            "hists_full",
+            "ledger_full",
+            "events_dropped",
+            "run_table_full",
         ] {
             assert!(v["drops"][k].is_number(), "drops.{k}");
         }
+        let by_helper =
+            IntervalStats::compute(&s1, 1.0, &[Helper::TcSkLookupTcp], Grouping::Helper, &label);
+        let v = serde_json::to_value(&by_helper).unwrap();
+        assert!(v["helpers"][0].get("program").is_none());
+        assert!(v["helpers"][0].get("hold_ns").is_none());
     }
 
     #[test]

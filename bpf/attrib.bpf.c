@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Attribution probes, loaded once per traced BPF program: fentry/fexit on
+ * that program itself (as `bpftool prog profile` does, 5.7+). User space sets
+ * the attach target (bpf_program__set_attach_target) and the program's slot
+ * and id before load, and shares the maps of shared.bpf.h with the helper
+ * probes.
+ *
+ * Entry records the run in this CPU's run table under its ctx pointer, so
+ * the helper probes can attribute calls; exit checks that the run holds no
+ * reference it acquired (the verifier's promise) and reports any it does.
+ *
+ * User space attaches prog_exit before prog_entry and detaches in the
+ * opposite order: a run that slips in between then has an exit without an
+ * entry (harmless: no run is found) instead of an entry without an exit,
+ * which would hold a run slot forever.
+ *
+ * The object also carries `prog_refs`, a bpf_prog iterator loaded once (not
+ * per target) that user space reads to tell when a traced program is held
+ * only by our own links (see the comment there).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "shared.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+const volatile __u32 prog_slot = 0;
+const volatile __u32 prog_id = 0;
+
+/* One record of the prog_refs iterator, written with bpf_seq_write. */
+struct attrib_prog_ref {
+	__u32 id;	/* bpf_prog_aux.id */
+	__u32 pad;
+	__u64 refcnt;	/* bpf_prog_aux.refcnt, including the iterator's own */
+};
+
+/* Never read by the programs: it only puts the record layout into the
+ * skeleton's generated types, so user space parses it with those. */
+const volatile struct attrib_prog_ref attrib_prog_ref_layout = {};
+
+/* The newest run in flight on this CPU with this ctx that belongs to this
+ * program (shared.bpf.h's find_run() does not look at the slot; the helper
+ * probes do not know the program, we do). */
+static __always_inline struct skprof_run *find_own_run(struct skprof_runs *rs, __u64 ctx)
+{
+	struct skprof_run *found = NULL;
+	__u64 best = 0;
+	int i;
+
+	if (!ctx)
+		return NULL;
+	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
+		struct skprof_run *r = &rs->r[i];
+
+		if (r->ctx == ctx && r->prog_slot == prog_slot && r->run_id >= best) {
+			found = r;
+			best = r->run_id;
+		}
+	}
+	return found;
+}
+
+SEC("fentry/skprof_target")
+int BPF_PROG(prog_entry, __u64 pctx)
+{
+	struct skprof_counters *c;
+	struct skprof_runs *rs = get_runs();
+	struct skprof_run *r;
+	int i;
+
+	if (!rs)
+		return 0;
+	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
+		r = &rs->r[i];
+		/* Claim atomically: a softirq run may interrupt a
+		 * process-context (sock_addr) run on this CPU. */
+		if (r->ctx == 0 && __sync_val_compare_and_swap(&r->ctx, 0, pctx) == 0) {
+			r->run_id = ((__u64)bpf_get_smp_processor_id() << 48) |
+				    (++rs->seq & 0xffffffffffffULL);
+			r->prog_slot = prog_slot;
+			r->prog_id = prog_id;
+			r->nr_acquired = 0;
+			return 0;
+		}
+	}
+	c = get_counters();
+	if (c)
+		c->run_table_full++;
+	return 0;
+}
+
+SEC("fexit/skprof_target")
+int BPF_PROG(prog_exit, __u64 pctx)
+{
+	struct skprof_runs *rs = get_runs();
+	struct skprof_counters *c;
+	struct skprof_event *ev;
+	struct skprof_ref *ref;
+	struct skprof_run *r;
+	__u32 i, n;
+
+	if (!rs)
+		return 0;
+	r = find_own_run(rs, pctx);
+	if (!r)
+		return 0;
+	n = r->nr_acquired;
+	if (n > SKPROF_RUN_REFS)
+		n = SKPROF_RUN_REFS;
+	for (i = 0; i < SKPROF_RUN_REFS; i++) {
+		__u64 sk;
+
+		if (i >= n)
+			break;
+		sk = r->acquired[i];
+		ref = bpf_map_lookup_elem(&ledger, &sk);
+		/* Still in the ledger under this run: nobody released it. */
+		if (!ref || ref->run_id != r->run_id)
+			continue;
+		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		if (!ev) {
+			c = get_counters();
+			if (c)
+				c->events_dropped++;
+			continue;
+		}
+		ev->type = SKPROF_EV_RUN_LEAK;
+		ev->prog_id = r->prog_id;
+		ev->sk = sk;
+		ev->ts = bpf_ktime_get_ns();
+		__builtin_memcpy(&ev->ref, ref, sizeof(*ref));
+		bpf_ringbuf_submit(ev, 0);
+	}
+	r->ctx = 0;
+	return 0;
+}
+
+/*
+ * Every loaded program's id and reference count. A tracing link on a BPF
+ * program holds a reference on its target (bpf_tracing_prog_attach() moves
+ * the target into link->tgt_prog, put in bpf_tracing_link_release(),
+ * kernel/bpf/syscall.c), so a traced program outlives its loader until we
+ * detach: user space compares this count with the references it knows it
+ * holds (one per link, plus one the iterator holds while it shows the
+ * program: bpf_prog_get_curr_or_next()) to see that nobody else uses it.
+ * refcnt is an atomic64_t since 5.5; this object needs 5.5+ anyway (fentry).
+ */
+SEC("iter/bpf_prog")
+int prog_refs(struct bpf_iter__bpf_prog *ctx)
+{
+	struct attrib_prog_ref rec = {};
+	struct bpf_prog *prog = ctx->prog;
+
+	if (!prog)
+		return 0;
+	rec.id = BPF_CORE_READ(prog, aux, id);
+	rec.refcnt = BPF_CORE_READ(prog, aux, refcnt.counter);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}

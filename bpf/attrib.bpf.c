@@ -112,27 +112,32 @@ int BPF_PROG(prog_exit, __u64 pctx)
 		n = SKPROF_RUN_REFS;
 	for (i = 0; i < SKPROF_RUN_REFS; i++) {
 		__u64 sk;
+		int j;
 
 		if (i >= n)
 			break;
 		sk = r->acquired[i];
 		ref = bpf_map_lookup_elem(&ledger, &sk);
-		/* Still in the ledger under this run: nobody released it. */
-		if (!ref || ref->run_id != r->run_id)
+		if (!ref)
 			continue;
-		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-		if (!ev) {
-			c = get_counters();
-			if (c)
-				c->events_dropped++;
-			continue;
+		/* Still held under this run: nobody released it. */
+		for (j = 0; j < SKPROF_REF_HOLDERS; j++) {
+			if (!ref->h[j].count || ref->h[j].run_id != r->run_id)
+				continue;
+			ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+			if (!ev) {
+				c = get_counters();
+				if (c)
+					c->events_dropped++;
+				continue;
+			}
+			ev->type = SKPROF_EV_RUN_LEAK;
+			ev->holder = j;
+			ev->sk = sk;
+			ev->ts = bpf_ktime_get_ns();
+			__builtin_memcpy(&ev->ref, ref, sizeof(*ref));
+			bpf_ringbuf_submit(ev, 0);
 		}
-		ev->type = SKPROF_EV_RUN_LEAK;
-		ev->prog_id = r->prog_id;
-		ev->sk = sk;
-		ev->ts = bpf_ktime_get_ns();
-		__builtin_memcpy(&ev->ref, ref, sizeof(*ref));
-		bpf_ringbuf_submit(ev, 0);
 	}
 	r->ctx = 0;
 	return 0;

@@ -77,7 +77,16 @@ struct {
 	__type(value, struct skprof_hist);
 } zero_hist SEC(".maps");
 
-/* kernel stacks of acquires, referenced by skprof_ref.stack_id */
+/* key: 0; value: scratch space to build a new ledger entry (too big for
+ * the BPF stack) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct skprof_ref);
+} ref_scratch SEC(".maps");
+
+/* kernel stacks of acquires, referenced by skprof_holder.stack_id */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 1024);
@@ -299,26 +308,30 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 					   struct sock_common *skc, __u8 state,
 					   __u32 cls, __u64 now)
 {
+	struct skprof_holder *hd = NULL, *free_hd = NULL;
 	__u64 sk = (__u64)skc;
 	struct skprof_counters *c;
 	struct skprof_runs *rs;
-	struct skprof_run *run;
-	struct skprof_ref *ref, fresh = {};
-	__u32 len = call->len;
-	__u32 n;
+	struct skprof_run *run = NULL;
+	struct skprof_ref *ref;
+	__u32 zero = 0, n, prog_id = 0;
+	int i;
 
 	ref = bpf_map_lookup_elem(&ledger, &sk);
 	if (!ref) {
-		fresh.stack_id = bpf_get_stackid(tctx, &stacks, 0);
-		fresh.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
-		fresh.tuple_len = len > SKPROF_TUPLE_MAX ? SKPROF_TUPLE_MAX : len;
+		ref = bpf_map_lookup_elem(&ref_scratch, &zero);
+		if (!ref)
+			return;
+		__builtin_memset(ref, 0, sizeof(*ref));
+		ref->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+		ref->tuple_len = call->len > SKPROF_TUPLE_MAX ? SKPROF_TUPLE_MAX : call->len;
 		/* Always 36 bytes, a constant size for the verifier: past an
 		 * IPv4 tuple this copies a little of the caller's stack,
 		 * which tuple_len tells user space to ignore. */
-		bpf_probe_read_kernel(fresh.tuple, sizeof(fresh.tuple), (void *)call->tuple);
+		bpf_probe_read_kernel(ref->tuple, sizeof(ref->tuple), (void *)call->tuple);
 		/* One insert per socket; a concurrent insert wins the race
 		 * and we count on top of it below. */
-		if (bpf_map_update_elem(&ledger, &sk, &fresh, BPF_NOEXIST) == -ERR_E2BIG) {
+		if (bpf_map_update_elem(&ledger, &sk, ref, BPF_NOEXIST) == -ERR_E2BIG) {
 			c = get_counters();
 			if (c)
 				c->ledger_full++;
@@ -328,26 +341,46 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 		if (!ref)
 			return;
 	}
-	__sync_fetch_and_add(&ref->count, 1);
-	ref->acquired_ns = now;
-	ref->run_id = call->run_id;
-	ref->prog_id = 0;
-	ref->prog_slot = call->prog_slot;
-	ref->helper = call->helper;
 	ref->sock_class = cls;
 	ref->state = state;
-	ref->cpu = bpf_get_smp_processor_id();
-	ref->refcnt = BPF_CORE_READ(skc, skc_refcnt.refs.counter);
 
-	if (!call->run_id)
+	if (call->run_id) {
+		rs = get_runs();
+		if (rs) {
+			run = find_run(rs, call->pctx);
+			if (run && run->run_id != call->run_id)
+				run = NULL;
+		}
+		if (run)
+			prog_id = run->prog_id;
+	}
+	/* This acquirer's holder, else a free one, else the last (shared). */
+	for (i = 0; i < SKPROF_REF_HOLDERS; i++) {
+		struct skprof_holder *x = &ref->h[i];
+
+		if (x->count && x->prog_slot == call->prog_slot && x->helper == call->helper) {
+			hd = x;
+			break;
+		}
+		if (!x->count && !free_hd)
+			free_hd = x;
+	}
+	if (!hd)
+		hd = free_hd ? free_hd : &ref->h[SKPROF_REF_HOLDERS - 1];
+	if (!hd->count) {
+		hd->stack_id = bpf_get_stackid(tctx, &stacks, 0);
+		hd->prog_slot = call->prog_slot;
+		hd->helper = call->helper;
+	}
+	__sync_fetch_and_add(&hd->count, 1);
+	hd->acquired_ns = now;
+	hd->run_id = call->run_id;
+	hd->prog_id = prog_id;
+	hd->cpu = bpf_get_smp_processor_id();
+	hd->refcnt = BPF_CORE_READ(skc, skc_refcnt.refs.counter);
+
+	if (!run)
 		return;
-	rs = get_runs();
-	if (!rs)
-		return;
-	run = find_run(rs, call->pctx);
-	if (!run || run->run_id != call->run_id)
-		return;
-	ref->prog_id = run->prog_id;
 	n = run->nr_acquired;
 	if (n < SKPROF_RUN_REFS)
 		run->acquired[n] = sk;
@@ -429,9 +462,11 @@ static __always_inline void on_release(__u64 sk)
 {
 	struct sock_common *skc = (struct sock_common *)sk;
 	struct skprof_counters *c = get_counters();
+	struct skprof_holder *hd = NULL;
 	struct skprof_ref *ref;
 	struct skprof_hist *h;
-	__u32 slot;
+	__u32 slot, held = 0;
+	int i;
 	__u8 state;
 	__u32 cls;
 
@@ -453,15 +488,27 @@ static __always_inline void on_release(__u64 sk)
 	if (!ledger_on)
 		return;
 	ref = bpf_map_lookup_elem(&ledger, &sk);
-	if (!ref) {
+	if (ref) {
+		/* The most recent acquirer's reference: runs nest (LIFO). */
+		for (i = 0; i < SKPROF_REF_HOLDERS; i++) {
+			struct skprof_holder *x = &ref->h[i];
+
+			if (x->count && (!hd || x->acquired_ns > hd->acquired_ns))
+				hd = x;
+			if (x->count)
+				held++;
+		}
+	}
+	if (!hd) {
 		c->release_unmatched[cls]++;
 		return;
 	}
-	slot = ref->prog_slot;
+	slot = hd->prog_slot;
 	h = hist_of(&holds, &slot);
 	if (h)
-		hist_record(h, bpf_ktime_get_ns() - ref->acquired_ns);
-	if (__sync_fetch_and_add(&ref->count, -1) <= 1)
+		hist_record(h, bpf_ktime_get_ns() - hd->acquired_ns);
+	/* Last reference of the last holder: the socket leaves the ledger. */
+	if (__sync_fetch_and_add(&hd->count, -1) <= 1 && held <= 1)
 		bpf_map_delete_elem(&ledger, &sk);
 }
 

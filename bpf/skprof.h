@@ -165,31 +165,39 @@ struct skprof_runs {
 /* --- Reference ledger --- */
 #define SKPROF_TUPLE_MAX 36	/* sizeof(struct bpf_sock_tuple) */
 
-/* Ledger value, keyed by socket pointer: a reference a traced lookup took
- * and no bpf_sk_release has dropped yet. */
-struct skprof_ref {
-	__u64 acquired_ns;	/* bpf_ktime_get_ns() at the acquire */
-	__u64 run_id;		/* run that acquired it (0: not attributed) */
-	__u32 count;		/* references outstanding on this socket */
-	__u32 prog_id;		/* acquiring program (0: not attributed) */
-	__u32 prog_slot;	/* its slot (0: not attributed) */
-	__u32 netns;		/* netns inode of the socket */
-	__s32 stack_id;		/* kernel stack at the acquire, or -errno */
+/* One (program, helper) holding references on a ledger socket. */
+struct skprof_holder {
+	__u64 acquired_ns;	/* bpf_ktime_get_ns() at the latest acquire */
+	__u64 run_id;		/* run of the latest acquire (0: not traced) */
+	__u32 count;		/* references outstanding; 0 = free holder */
+	__u32 prog_id;		/* acquiring program (0: not traced) */
+	__u32 prog_slot;	/* its slot (0: not traced) */
+	__s32 stack_id;		/* kernel stack at the first acquire, or -errno */
 	__u32 refcnt;		/* skc_refcnt just after the acquire (racy) */
+	__u16 helper;		/* enum skprof_helper */
 	__u16 cpu;
-	__u8 helper;		/* enum skprof_helper */
-	__u8 sock_class;	/* enum skprof_sock_class */
-	__u8 state;		/* skc_state */
-	__u8 tuple_len;		/* 12 (IPv4) or 36 (IPv6) */
-	__u8 pad[2];
-	__u8 tuple[SKPROF_TUPLE_MAX];	/* struct bpf_sock_tuple, as passed */
 };
 
+/* Acquirers one ledger socket tells apart; more share the last holder. */
+#define SKPROF_REF_HOLDERS 4
+
+/* Ledger value, keyed by socket pointer: references traced lookups took on
+ * this socket and no bpf_sk_release has dropped yet, by acquirer. A release
+ * drops the most recent acquirer's reference (runs nest, so LIFO). */
+struct skprof_ref {
+	struct skprof_holder h[SKPROF_REF_HOLDERS];
+	__u32 netns;		/* netns inode of the socket */
+	__u8 sock_class;	/* enum skprof_sock_class */
+	__u8 state;		/* skc_state */
+	__u8 tuple_len;		/* 12 (IPv4) or 36 (IPv6), of the first acquire */
+	__u8 pad;
+	__u8 tuple[SKPROF_TUPLE_MAX];	/* struct bpf_sock_tuple, as passed */
+};
 
 /* Ring-buffer record; every one starts with its type. */
 struct skprof_event {
 	__u32 type;		/* enum skprof_event_type */
-	__u32 prog_id;
+	__u32 holder;		/* index of the leaking holder in ref.h */
 	__u64 sk;
 	__u64 ts;
 	struct skprof_ref ref;

@@ -363,7 +363,11 @@ impl Probes {
                 .context("read map ledger")?
             {
                 let r: types::skprof_ref = read_pod(&v)?;
-                out.push(outstanding(sk, &r));
+                out.extend(
+                    (0..r.h.len())
+                        .filter(|&i| r.h[i].count > 0)
+                        .map(|i| outstanding(sk, &r, i)),
+                );
             }
         }
         Ok(out)
@@ -383,10 +387,12 @@ impl Probes {
         for bytes in raw {
             let ev: types::skprof_event = read_pod(&bytes)?;
             if ev.r#type == types::skprof_event_type::SKPROF_EV_RUN_LEAK.0 {
+                let holder = (ev.holder as usize).min(ev.r#ref.h.len() - 1);
+                let reference = outstanding(ev.sk, &ev.r#ref, holder);
                 out.push(RunLeak {
                     ts_ns: ev.ts,
-                    prog_id: ev.prog_id,
-                    reference: outstanding(ev.sk, &ev.r#ref),
+                    prog_id: reference.prog_id,
+                    reference,
                 });
             }
         }
@@ -527,13 +533,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn outstanding(sk: u64, r: &types::skprof_ref) -> OutstandingRef {
+/// Holder `i` of a ledger entry.
+fn outstanding(sk: u64, r: &types::skprof_ref, i: usize) -> OutstandingRef {
+    let h = &r.h[i];
     OutstandingRef {
         sk,
-        acquired_ns: r.acquired_ns,
-        count: r.count,
-        prog_id: r.prog_id,
-        helper: Helper::from_index(r.helper as usize).unwrap_or(Helper::SkLookupTcp),
+        acquired_ns: h.acquired_ns,
+        count: h.count,
+        prog_id: h.prog_id,
+        helper: Helper::from_index(h.helper as usize).unwrap_or(Helper::SkLookupTcp),
         class: SockClass::ALL
             .get(r.sock_class as usize)
             .copied()
@@ -541,9 +549,9 @@ fn outstanding(sk: u64, r: &types::skprof_ref) -> OutstandingRef {
         state: r.state,
         tuple: Tuple::decode(&r.tuple, r.tuple_len),
         netns: r.netns,
-        cpu: r.cpu,
-        refcnt: r.refcnt,
-        stack_id: r.stack_id,
+        cpu: h.cpu,
+        refcnt: h.refcnt,
+        stack_id: h.stack_id,
     }
 }
 

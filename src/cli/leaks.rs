@@ -34,6 +34,16 @@ pub struct LeaksArgs {
     /// One JSON object per report instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Check that the ledger catches leaks on this kernel: run one round of
+    /// the built-in workload's tc cases (--self-test-count lookups each)
+    /// with bpf_sk_release untraced, so every reference they take looks
+    /// leaked, then report. Expect exit code 5 and exactly the workload's
+    /// acquired references (printed first).
+    #[arg(long, conflicts_with = "workload")]
+    pub self_test: bool,
+    /// Lookups per case for --self-test.
+    #[arg(long, default_value_t = 10, requires = "self_test")]
+    pub self_test_count: u64,
     #[command(flatten)]
     pub session: super::SessionArgs,
 }
@@ -62,6 +72,9 @@ struct JsonReport<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     elapsed_s: f64,
+    /// Refcounted releases of sockets no traced lookup acquired, since start
+    /// (SOCKMAP/SOCKHASH sockets, bpf_skc_to_*; their own class).
+    unmatched_releases: u64,
     #[serde(flatten)]
     report: &'a LeakReport,
 }
@@ -110,12 +123,18 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
 pub fn run(args: &LeaksArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
-    let session = Session::start(&args.session)?;
-    let workload = WorkloadRunner::start(&args.session, &session)?;
+    let mut session = Session::start(&args.session)?;
+    let mut workload = WorkloadRunner::start(&args.session, &session)?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(out, "{}", session.banner()).context("write to stdout")?;
     }
+    // Kept alive until the end: its sockets are the ones the report names.
+    let _self_test = if args.self_test {
+        Some(self_test(&mut session, args, &mut out)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let end = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let older_than_ns = args.older_than.as_nanos() as u64;
@@ -129,18 +148,30 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        // Once the workload is done every reference it took is released
+        // (or leaked): report once more and stop.
+        let workload_done = workload.as_ref().is_some_and(|w| w.finished());
+        session.refresh_programs()?;
         let refs = session.probes.read_ledger()?;
         let run_leaks = session.probes.take_run_leaks()?;
         let report = LeakReport::build(&refs, run_leaks, monotonic_ns(), older_than_ns, &|id| {
             session.program_name(id)
         });
         let elapsed_s = started.elapsed().as_secs_f64();
+        let unmatched_releases = session
+            .probes
+            .read()?
+            .counters
+            .release_unmatched
+            .iter()
+            .sum();
         if args.json {
             serde_json::to_writer(
                 &mut out,
                 &JsonReport {
                     kind: "leaks",
                     elapsed_s,
+                    unmatched_releases,
                     report: &report,
                 },
             )
@@ -151,11 +182,14 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         }
         out.flush().context("flush stdout")?;
         leaked |= report.has_leaks();
-        if (leaked && args.exit_on_leak) || end.is_some_and(|e| Instant::now() >= e) {
+        if (leaked && args.exit_on_leak)
+            || workload_done
+            || end.is_some_and(|e| Instant::now() >= e)
+        {
             break;
         }
     }
-    if let Some(w) = workload {
+    if let Some(w) = workload.take() {
         w.finish(&session, args.json, &mut out)?;
     }
     if leaked {
@@ -165,6 +199,45 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// `--self-test`: one round of the workload's tc cases with releases
+/// untraced. Prints the workload's exact counts (`{"type":"self_test"}` in
+/// JSON) and returns the workload, whose sockets must outlive the report.
+fn self_test(
+    session: &mut Session,
+    args: &LeaksArgs,
+    out: &mut impl Write,
+) -> Result<crate::workload::Workload> {
+    let opts = crate::workload::WorkloadOpts {
+        count: args.self_test_count,
+        rounds: Some(1),
+        rate: None,
+        duration: None,
+        families: vec![crate::model::ids::Family::Tc],
+    };
+    let mut w =
+        crate::workload::Workload::setup(&opts).context("self-test: set up the workload")?;
+    session.refresh_programs()?;
+    session.probes.trace_releases(false)?;
+    let tally = w.run_round();
+    // Resume before anything can fail, so nothing stays half-traced.
+    session.probes.trace_releases(true)?;
+    let tally = tally.context("self-test: run the workload")?;
+    let expected = tally.by_helper(session.funcs.has_tc_variants());
+    if args.json {
+        let line = serde_json::json!({"type": "self_test", "expected": expected});
+        writeln!(out, "{line}").context("write to stdout")?;
+    } else {
+        let acquired: u64 = expected.acquired.iter().flatten().sum();
+        writeln!(
+            out,
+            "self-test: the workload took {acquired} references with bpf_sk_release untraced; \
+             all must be reported"
+        )
+        .context("write to stdout")?;
+    }
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -1,0 +1,165 @@
+//! The reference ledger for real, in Debian 6.1 and 6.12 guests: a million
+//! balanced lookups leave nothing behind, and releases the ledger is made to
+//! miss (`skprof leaks --self-test`) are reported exactly, with exit code 5.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
+const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
+
+fn in_vm(kernel: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(SKPROF_VM)
+        .args(["run", "--kernel", kernel, "--timeout", "400", "--", SKPROF])
+        .args(args)
+        .output()
+        .expect("run skprof-vm");
+    let status = out.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        status != 124 && status != 125,
+        "VM harness failed on {kernel}: {stderr}"
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
+        .collect();
+    (status, lines, stderr)
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// 28 tc cases x 3000 lookups x 12 rounds = 1,008,000 lookups, every one
+/// released by the workload's programs.
+fn balanced(kernel: &str) {
+    let (status, lines, stderr) = in_vm(
+        kernel,
+        &[
+            "leaks",
+            "--json",
+            "--workload",
+            "--workload-family",
+            "tc",
+            "--workload-count",
+            "3000",
+            "--workload-rounds",
+            "12",
+            "--workload-rate",
+            "1000000000",
+        ],
+    );
+    assert_eq!(status, 0, "{kernel}: {stderr}");
+    let expected = &lines
+        .iter()
+        .find(|l| l["type"] == "workload")
+        .expect("workload line")["expected"];
+    let calls: u64 = expected["helpers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| u(&h["calls"]))
+        .sum();
+    assert!(calls >= 1_000_000, "{kernel}: only {calls} lookups");
+    let acquired = u(&expected["release"]["dropped"]);
+    assert!(
+        acquired > 100_000,
+        "{kernel}: the workload acquires references"
+    );
+    let reports: Vec<&Value> = lines.iter().filter(|l| l["type"] == "leaks").collect();
+    assert!(!reports.is_empty());
+    for r in &reports {
+        assert_eq!(u(&r["leaked_references"]), 0, "{kernel}: {r}");
+        assert_eq!(r["run_leaks"].as_array().unwrap().len(), 0, "{kernel}: {r}");
+        assert_eq!(
+            u(&r["unmatched_releases"]),
+            0,
+            "{kernel}: false unmatched releases: {r}"
+        );
+    }
+    // After the workload, nothing is left in the ledger at all.
+    assert_eq!(u(&reports.last().unwrap()["outstanding_sockets"]), 0);
+}
+
+/// Releases untraced for one round: every reference the round took must be
+/// reported, per helper, with the workload's tuples, and exit code 5.
+fn injected(kernel: &str) {
+    let (status, lines, stderr) = in_vm(
+        kernel,
+        &[
+            "leaks",
+            "--json",
+            "--self-test",
+            "--older-than",
+            "0",
+            "--exit-on-leak",
+        ],
+    );
+    assert_eq!(status, 5, "{kernel}: leak exit code: {stderr}");
+    assert!(stderr.starts_with("skprof: error: leaks found"), "{stderr}");
+    let expected = &lines
+        .iter()
+        .find(|l| l["type"] == "self_test")
+        .expect("self_test line")["expected"];
+    let report = lines
+        .iter()
+        .find(|l| l["type"] == "leaks")
+        .expect("leaks line");
+
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (helper, row) in expected["helpers"].as_object().unwrap() {
+        let a = u(&row["acquired"]);
+        if a > 0 {
+            want.insert(helper.clone(), a);
+        }
+    }
+    assert!(
+        want.len() >= 2,
+        "{kernel}: sk and skc lookups acquire: {expected}"
+    );
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    for g in report["groups"].as_array().unwrap() {
+        *got.entry(g["helper"].as_str().unwrap().to_string())
+            .or_default() += u(&g["references"]);
+        assert!(!g["tuples"].as_array().unwrap().is_empty());
+        for t in g["tuples"].as_array().unwrap() {
+            let t = t.as_str().unwrap();
+            assert!(
+                t.contains("127.0.0.1") || t.contains("::1"),
+                "{kernel}: tuple {t}"
+            );
+        }
+    }
+    assert_eq!(got, want, "{kernel}: leaked references per helper");
+    assert_eq!(u(&report["leaked_references"]), want.values().sum::<u64>());
+    // Every run that acquired ended holding its reference.
+    let run_leaks = report["run_leaks"].as_array().unwrap();
+    assert!(
+        run_leaks.len() as u64 <= want.values().sum::<u64>(),
+        "{kernel}: run leak events"
+    );
+}
+
+#[test]
+fn balanced_million_6_1() {
+    balanced("6.1");
+}
+
+#[test]
+fn balanced_million_6_12() {
+    balanced("6.12");
+}
+
+#[test]
+fn injected_imbalance_6_1() {
+    injected("6.1");
+}
+
+#[test]
+fn injected_imbalance_6_12() {
+    injected("6.12");
+}

@@ -392,6 +392,7 @@ impl Probes {
                 out.push(RunLeak {
                     ts_ns: ev.ts,
                     prog_id: reference.prog_id,
+                    prog_name: String::new(),
                     reference,
                 });
             }

@@ -106,16 +106,31 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
             t += &format!("{:>24} {tuple}\n", "");
         }
     }
+    // Identical run leaks (the same program leaking the same socket run
+    // after run) are shown once, with a count.
+    let mut seen: Vec<(String, u64)> = Vec::new();
     for l in &r.run_leaks {
         let x = &l.reference;
-        t += &format!(
-            "RUN LEAK: program {} ended holding a reference from {} ({} {}, {})\n",
-            l.prog_id,
+        let line = format!(
+            "RUN LEAK: {} ended holding a reference from {} ({} {}, {})",
+            l.prog_name,
             x.helper.function(),
             x.class.name(),
             state_name(x.state),
             x.tuple
         );
+        match seen.iter_mut().find(|(s, _)| *s == line) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((line, 1)),
+        }
+    }
+    for (line, n) in seen {
+        t += &line;
+        t += &if n > 1 {
+            format!(" x{n}\n")
+        } else {
+            "\n".to_string()
+        };
     }
     t
 }
@@ -124,7 +139,7 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
     let mut session = Session::start(&args.session)?;
-    let mut workload = WorkloadRunner::start(&args.session, &session)?;
+    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(out, "{}", session.banner()).context("write to stdout")?;
@@ -276,6 +291,7 @@ mod tests {
         let leak = RunLeak {
             ts_ns: 1,
             prog_id: 42,
+            prog_name: String::new(),
             reference: reference.clone(),
         };
         let r = LeakReport::build(
@@ -295,6 +311,6 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("127.0.0.1:40000 -> 127.0.0.1:80"), "{t}");
-        assert!(t.contains("RUN LEAK: program 42 ended holding a reference from bpf_tc_sk_lookup_tcp (established ESTABLISHED"), "{t}");
+        assert!(t.contains("RUN LEAK: tc_prog[42] ended holding a reference from bpf_tc_sk_lookup_tcp (established ESTABLISHED"), "{t}");
     }
 }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod leaks;
 pub mod stat;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::attrib::Attributor;
 use crate::bpf::probes::{ProbeKind, ProbeMode, ProbeOptions, Probes};
 use crate::error::{SkprofError, EXIT_CODES_HELP};
 use crate::kernel::{self, KernelFunctions, Privileges};
@@ -73,6 +75,13 @@ pub struct SessionArgs {
     /// hold times); lookups and releases are still counted.
     #[arg(long)]
     pub no_ledger: bool,
+    /// Do not trace the BPF programs that call the helpers: no per-program
+    /// figures, no per-run leak check, less overhead.
+    #[arg(long)]
+    pub no_attribution: bool,
+    /// BPF programs traced at most (the rest count as not traced).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=255))]
+    pub max_programs: u64,
     /// Outstanding references the ledger can hold (more are counted as
     /// drops).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
@@ -150,6 +159,15 @@ pub struct Session {
     pub funcs: KernelFunctions,
     pub probes: Probes,
     pub kernel: String,
+    /// Traces the programs that call the helpers; `None` when attribution
+    /// is off or impossible (kprobe mode: tracing BPF programs needs
+    /// fentry/fexit).
+    pub attrib: Option<Attributor>,
+    /// Why attribution is off, when it is.
+    pub attrib_off: Option<String>,
+    /// Names of every program traced so far, by id (they outlive the
+    /// program, for reports about references it took).
+    pub names: BTreeMap<u32, String>,
 }
 
 impl Session {
@@ -168,38 +186,79 @@ impl Session {
             max_series: args.max_series,
         };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
-        Ok(Session {
+        let (attrib, attrib_off) = if args.no_attribution {
+            (None, Some("--no-attribution".to_string()))
+        } else if probes.kind() != ProbeKind::Fentry {
+            (
+                None,
+                Some("kprobe mode (tracing BPF programs needs fentry/fexit)".to_string()),
+            )
+        } else {
+            (Some(Attributor::new(args.max_programs as usize)), None)
+        };
+        let mut session = Session {
             funcs,
             probes,
             kernel: kernel::release(),
-        })
+            attrib,
+            attrib_off,
+            names: BTreeMap::new(),
+        };
+        session.refresh_programs()?;
+        Ok(session)
     }
 
     /// How a program slot is shown.
     pub fn program(&self, slot: u32) -> ProgramRef {
-        ProgramRef {
-            slot,
-            id: 0,
-            name: if slot == UNATTRIBUTED {
-                "(not traced)".into()
-            } else {
-                format!("slot {slot}")
+        match self.attrib.as_ref().and_then(|a| a.by_slot(slot)) {
+            Some(p) if slot != UNATTRIBUTED => ProgramRef {
+                slot,
+                id: p.id,
+                name: p.name.clone(),
+            },
+            _ => ProgramRef {
+                slot,
+                id: 0,
+                name: if slot == UNATTRIBUTED {
+                    "(not traced)".into()
+                } else {
+                    format!("slot {slot} (gone)")
+                },
             },
         }
     }
 
-    /// Finds programs loaded (or gone) since the last call and traces
-    /// them. A no-op until attribution lands.
-    pub fn refresh_programs(&mut self) -> Result<()> {
-        Ok(())
+    /// Traces programs loaded since the last call and lets go of those that
+    /// went away; returns the freed program slots, whose aggregates are
+    /// deleted in the kernel (callers forget them in their baselines too).
+    /// If attribution fails it is switched off with the reason shown, and
+    /// tracing goes on unattributed.
+    pub fn refresh_programs(&mut self) -> Result<Vec<u32>> {
+        let Some(attrib) = self.attrib.as_mut() else {
+            return Ok(Vec::new());
+        };
+        match attrib.rescan(self.probes.shared_maps()) {
+            Ok(report) => {
+                for p in &report.attached {
+                    self.names.insert(p.id, p.name.clone());
+                }
+                self.probes.forget_slots(&report.freed_slots)?;
+                Ok(report.freed_slots)
+            }
+            Err(e) => {
+                self.attrib = None;
+                self.attrib_off = Some(crate::error::one_line(&e));
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// How a program id is shown.
     pub fn program_name(&self, id: u32) -> String {
-        if id == 0 {
-            "(not traced)".into()
-        } else {
-            format!("prog {id}")
+        match self.names.get(&id) {
+            _ if id == 0 => "(not traced)".into(),
+            Some(name) => format!("{name}[{id}]"),
+            None => format!("prog {id}"),
         }
     }
 
@@ -215,6 +274,20 @@ impl Session {
             self.kernel,
             p.attached()
         );
+        match (&self.attrib, &self.attrib_off) {
+            (Some(a), _) => {
+                s += &format!(
+                    "\nAttributing calls to {} BPF programs that call the helpers",
+                    a.programs().count()
+                );
+                let untraceable = a.untraceable().len();
+                if untraceable > 0 {
+                    s += &format!(" ({untraceable} cannot be traced)");
+                }
+            }
+            (None, Some(why)) => s += &format!("\nNo per-program attribution: {why}"),
+            (None, None) => {}
+        }
         if let Some(why) = &p.fallback_reason {
             s += &format!("\nfentry unavailable, using kprobes: {why}");
         }
@@ -232,7 +305,7 @@ pub struct WorkloadRunner {
 impl WorkloadRunner {
     /// Sets the workload up (errors surface here, before any interval) and
     /// starts it. `None` without `--workload`.
-    pub fn start(args: &SessionArgs, _session: &Session) -> Result<Option<WorkloadRunner>> {
+    pub fn start(args: &SessionArgs, session: &mut Session) -> Result<Option<WorkloadRunner>> {
         if !args.workload {
             return Ok(None);
         }
@@ -251,6 +324,7 @@ impl WorkloadRunner {
         let done = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let (done2, stop2) = (Arc::clone(&done), Arc::clone(&stop));
         let handle = std::thread::Builder::new()
             .name("skprof-workload".into())
@@ -258,6 +332,9 @@ impl WorkloadRunner {
                 let result = match Workload::setup(&opts) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
+                        // Wait until the session traces the workload's
+                        // programs, so every call is attributed.
+                        let _ = go_rx.recv();
                         w.run(&stop2)
                     }
                     Err(e) => {
@@ -274,6 +351,10 @@ impl WorkloadRunner {
             .recv()
             .map_err(|_| anyhow!("the workload thread ended during setup"))?
             .context("set up the built-in workload")?;
+        // Its programs are loaded now: trace them before it starts.
+        let traced = session.refresh_programs();
+        let _ = go_tx.send(());
+        traced?;
         Ok(Some(WorkloadRunner { handle, done, stop }))
     }
 

@@ -60,11 +60,11 @@ struct JsonInterval<'a> {
 pub fn run(args: &StatArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
-    let session = Session::start(&args.session)?;
+    let mut session = Session::start(&args.session)?;
     // The baseline comes first: the workload starts running as soon as it
     // is set up, and its first lookups must fall inside the first interval.
-    let base = session.probes.read()?;
-    let mut workload = WorkloadRunner::start(&args.session, &session)?;
+    let mut base = session.probes.read()?;
+    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(out, "{}", session.banner()).context("write to stdout")?;
@@ -128,6 +128,11 @@ pub fn run(args: &StatArgs) -> Result<()> {
         out.flush().context("flush stdout")?;
         prev = cur;
         last = now;
+        // After reporting: a program that went away in this interval was
+        // still counted in it; from now on its slot starts from zero.
+        let freed = session.refresh_programs()?;
+        base.forget_slots(&freed);
+        prev.forget_slots(&freed);
         n += 1;
         if workload_done || args.count.is_some_and(|c| n >= c) {
             break;

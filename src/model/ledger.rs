@@ -120,6 +120,8 @@ pub struct OutstandingRef {
 pub struct RunLeak {
     pub ts_ns: u64,
     pub prog_id: u32,
+    /// Filled in by `LeakReport::build`.
+    pub prog_name: String,
     #[serde(flatten)]
     pub reference: OutstandingRef,
 }
@@ -186,11 +188,14 @@ impl LeakReport {
     /// (both CLOCK_MONOTONIC), oldest group first.
     pub fn build(
         refs: &[OutstandingRef],
-        run_leaks: Vec<RunLeak>,
+        mut run_leaks: Vec<RunLeak>,
         now_ns: u64,
         older_than_ns: u64,
         name: &dyn Fn(u32) -> String,
     ) -> LeakReport {
+        for l in &mut run_leaks {
+            l.prog_name = name(l.prog_id);
+        }
         type Key = (u32, Helper, i32);
         struct Acc {
             sockets: u64,
@@ -356,6 +361,7 @@ mod tests {
         let leak = RunLeak {
             ts_ns: now,
             prog_id: 12,
+            prog_name: String::new(),
             reference: refs[3].clone(),
         };
         let name = |id: u32| format!("prog{id}");
@@ -385,6 +391,7 @@ mod tests {
         );
         assert_eq!(rep.groups[2].states, vec!["time_wait TIME_WAIT (1)"]);
         assert_eq!(rep.run_leaks.len(), 1);
+        assert_eq!(rep.run_leaks[0].prog_name, "prog12");
     }
 
     #[test]

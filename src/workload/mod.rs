@@ -289,6 +289,41 @@ impl Workload {
     }
 
     /// One round; `false` if it was cut short by the stop flag or deadline.
+    /// Times one tc or XDP case (by name, e.g. "tcp/listener"): `repeat`
+    /// runs of the family's program in one BPF_PROG_TEST_RUN, returning the
+    /// kernel's mean ns per run (it times the runs alone, not the syscall).
+    /// For benchmarks: the lookups are not tallied.
+    pub fn time_case(&mut self, family: Family, case_name: &str, repeat: u32) -> Result<f64> {
+        ensure!(
+            matches!(family, Family::Tc | Family::Xdp),
+            "only tc and XDP cases can be timed (BPF_PROG_TEST_RUN)"
+        );
+        let case = cases_for(family, self.has_ipv6())
+            .find(|c| c.name == case_name)
+            .with_context(|| format!("no {family:?} case named {case_name}"))?;
+        let inside = self.netns.enter()?;
+        self.fixture.refresh(case.target)?;
+        let tuple = self.fixture.tuple(case.ip, case.target)?;
+        let frame = packet::craft(case.proto, tuple.src, tuple.dst);
+        let cfg = self.config(family, case, &tuple);
+        bpf::set_config(&mut self.skel, cfg)?;
+        let (prog, name) = match family {
+            Family::Tc => (&self.skel.progs.wl_tc_lookup, "wl_tc_lookup"),
+            _ => (&self.skel.progs.wl_xdp_lookup, "wl_xdp_lookup"),
+        };
+        let input = ProgramInput {
+            data_in: Some(&frame),
+            repeat,
+            ..Default::default()
+        };
+        let out = prog
+            .test_run(input)
+            .with_context(|| format!("BPF_PROG_TEST_RUN {name} (repeat {repeat})"));
+        bpf::set_config(&mut self.skel, wl_config::default())?;
+        inside.leave()?;
+        Ok(out?.duration.as_nanos() as f64)
+    }
+
     fn round(&mut self, ctl: &mut Control<'_>) -> Result<(Tally, bool)> {
         // tc and XDP test runs look up in the netns of the calling thread
         // (bpf_prog_test_run_skb/xdp use current's loopback device), and

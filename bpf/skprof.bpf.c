@@ -94,8 +94,11 @@ struct {
 	__uint(value_size, 32 * sizeof(__u64));
 } stacks SEC(".maps");
 
-/* Whether to keep the reference ledger (and stacks) on acquire/release. */
+/* Whether to keep the reference ledger on acquire/release. */
 const volatile bool ledger_on = true;
+/* Whether to record the kernel stack of each acquire: a stack walk per new
+ * ledger entry, the costliest part of the ledger, so off unless asked. */
+const volatile bool ledger_stacks = false;
 
 const volatile struct skprof_layout skprof_layout = {
 	.nr_helpers = SKPROF_NR_HELPERS,
@@ -368,7 +371,7 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 	if (!hd)
 		hd = free_hd ? free_hd : &ref->h[SKPROF_REF_HOLDERS - 1];
 	if (!hd->count) {
-		hd->stack_id = bpf_get_stackid(tctx, &stacks, 0);
+		hd->stack_id = ledger_stacks ? bpf_get_stackid(tctx, &stacks, 0) : -1;
 		hd->prog_slot = call->prog_slot;
 		hd->helper = call->helper;
 	}

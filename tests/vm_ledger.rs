@@ -138,10 +138,31 @@ fn injected(kernel: &str) {
     assert_eq!(u(&report["leaked_references"]), want.values().sum::<u64>());
     // Every run that acquired ended holding its reference.
     let run_leaks = report["run_leaks"].as_array().unwrap();
-    assert!(
-        run_leaks.len() as u64 <= want.values().sum::<u64>(),
+    // Each acquiring run took exactly one reference and ended holding it.
+    assert_eq!(
+        run_leaks.len() as u64,
+        want.values().sum::<u64>(),
         "{kernel}: run leak events"
     );
+    for l in run_leaks {
+        assert!(
+            l["prog_name"]
+                .as_str()
+                .unwrap()
+                .starts_with("wl_tc_lookup["),
+            "{l}"
+        );
+    }
+    for g in report["groups"].as_array().unwrap() {
+        assert!(
+            g["prog_name"]
+                .as_str()
+                .unwrap()
+                .starts_with("wl_tc_lookup["),
+            "{kernel}: the tc program took them: {g}"
+        );
+        assert!(u(&g["prog_id"]) > 0);
+    }
 }
 
 #[test]

@@ -167,6 +167,98 @@ fn exact_counts(kernel: &str, mode: &str) {
     }
 }
 
+/// `--by program` with two copies of the workload: every call is
+/// attributed to the program that made it, two programs per helper.
+fn attribution_exact(kernel: &str) {
+    let script = format!(
+        "{SKPROF} stat --json --cumulative --by program --workload --workload-copies 2 \
+         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
+    );
+    let run = in_vm(kernel, &script);
+    assert_eq!(
+        run.status, 0,
+        "skprof stat failed on {kernel}: {}",
+        run.stderr
+    );
+    let lines = json_lines(&run.stdout);
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "interval")
+        .expect("interval");
+    let expected = &lines
+        .iter()
+        .find(|l| l["type"] == "workload")
+        .expect("workload")["expected"];
+    assert_eq!(last["by"], "program");
+    let rows = last["helpers"].as_array().unwrap();
+    let exp_helpers = expected["helpers"].as_object().unwrap();
+    assert_eq!(exp_helpers.len(), 12);
+    for (helper, exp) in exp_helpers {
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["helper"] == *helper).collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "{kernel}: two programs call {helper}: {mine:?}"
+        );
+        let want_name = if helper.starts_with("bpf_tc_") {
+            "wl_tc_lookup"
+        } else if helper.starts_with("bpf_xdp_") {
+            "wl_xdp_lookup"
+        } else if helper.starts_with("bpf_sock_addr_") {
+            "wl_connect4"
+        } else {
+            "wl_skb_ingress"
+        };
+        let ids: Vec<u64> = mine.iter().map(|r| u(&r["program"]["id"])).collect();
+        assert_ne!(ids[0], ids[1], "{kernel} {helper}: distinct programs");
+        for r in &mine {
+            assert_eq!(r["program"]["name"], want_name, "{kernel} {helper}");
+            assert!(
+                u(&r["program"]["slot"]) > 0,
+                "{kernel} {helper}: attributed"
+            );
+            assert_eq!(
+                u(&r["calls"]) * 2,
+                u(&exp["calls"]),
+                "{kernel} {helper}: calls per program"
+            );
+            for o in ["hit", "no_socket", "bad_len", "bad_netns", "bad_flags"] {
+                assert_eq!(
+                    u(&r["outcomes"][o]) * 2,
+                    u(&exp["outcomes"][o]),
+                    "{kernel} {helper} {o} per program"
+                );
+            }
+            assert_eq!(
+                u(&r["acquired"]) * 2,
+                u(&exp["acquired"]),
+                "{kernel} {helper} acquired"
+            );
+        }
+    }
+    assert!(
+        rows.iter().all(|r| u(&r["program"]["slot"]) > 0),
+        "{kernel}: no call left unattributed"
+    );
+    // Each program's hold-time histogram counts the references it took
+    // (the same figure on each of its rows).
+    for r in rows {
+        let acquired_by_program: u64 = rows
+            .iter()
+            .filter(|x| x["program"]["id"] == r["program"]["id"])
+            .map(|x| u(&x["acquired"]))
+            .sum();
+        assert_eq!(
+            u(&r["hold_ns"]["count"]),
+            acquired_by_program,
+            "{kernel}: {r}"
+        );
+    }
+    assert_eq!(u(&last["release"]["unmatched"]), 0);
+    assert_eq!(u(&last["drops"]["run_table_full"]), 0);
+}
+
 /// skprof killed by each signal leaves nothing attached.
 fn signals_detach(kernel: &str) {
     let script = format!(
@@ -266,4 +358,14 @@ fn check_6_1() {
 #[test]
 fn check_6_12() {
     check_in_guest("6.12");
+}
+
+#[test]
+fn attribution_exact_6_1() {
+    attribution_exact("6.1");
+}
+
+#[test]
+fn attribution_exact_6_12() {
+    attribution_exact("6.12");
 }

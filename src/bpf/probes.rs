@@ -150,6 +150,8 @@ pub struct ProbeOptions {
     /// (program, helper, outcome) aggregates the kernel can hold; more are
     /// counted in `drops.hists_full`.
     pub max_series: u32,
+    /// Record the kernel stack of each acquire (costly: a stack walk).
+    pub ledger_stacks: bool,
 }
 
 impl Default for ProbeOptions {
@@ -158,6 +160,7 @@ impl Default for ProbeOptions {
             ledger: true,
             ledger_size: 65_536,
             max_series: 4096,
+            ledger_stacks: false,
         }
     }
 }
@@ -238,11 +241,13 @@ impl Probes {
             .hists
             .set_max_entries(opts.max_series.max(1))
             .context("set the number of series")?;
-        open.maps
+        let rodata = open
+            .maps
             .rodata_data
             .as_deref_mut()
-            .ok_or_else(|| anyhow!("skprof.bpf.o has no .rodata"))?
-            .ledger_on = opts.ledger;
+            .ok_or_else(|| anyhow!("skprof.bpf.o has no .rodata"))?;
+        rodata.ledger_on = opts.ledger;
+        rodata.ledger_stacks = opts.ledger_stacks;
         for mut prog in open.open_object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             let wanted = split_prog_name(&name)

@@ -1,6 +1,7 @@
 //! Command-line interface: parsing, the tracing session shared by the
 //! commands, and the background workload.
 
+pub mod bench;
 pub mod check;
 pub mod leaks;
 pub mod stat;
@@ -49,6 +50,9 @@ pub enum Command {
     /// after --older-than, grouped by program, helper and kernel stack, and
     /// every traced program run that ended holding one (exit code 5).
     Leaks(leaks::LeaksArgs),
+    /// Measure what tracing costs per program run: the workload's tc program
+    /// with no tracer, with the helper probes, and with attribution too.
+    Bench(bench::BenchArgs),
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.
     Workload(WorkloadArgs),
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(a) => check::run(&a),
         Command::Stat(a) => stat::run(&a),
         Command::Leaks(a) => leaks::run(&a),
+        Command::Bench(a) => bench::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),
     }
 }
@@ -82,6 +87,10 @@ pub struct SessionArgs {
     /// BPF programs traced at most (the rest count as not traced).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=255))]
     pub max_programs: u64,
+    /// Record the kernel stack of every acquired reference, so leaks are
+    /// grouped by stack (a stack walk per acquire: costly on a hot path).
+    #[arg(long)]
+    pub stacks: bool,
     /// Outstanding references the ledger can hold (more are counted as
     /// drops).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
@@ -108,6 +117,10 @@ pub struct SessionArgs {
     /// Workload: seconds to run, then the command ends.
     #[arg(long, value_parser = parse_interval, requires = "workload")]
     pub workload_duration: Option<f64>,
+    /// Workload: load this many copies of its programs and run them one
+    /// after the other (several programs calling the same helpers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16), requires = "workload")]
+    pub workload_copies: u64,
     /// Workload: program families to drive (default: all).
     #[arg(long, value_enum, value_delimiter = ',', requires = "workload")]
     pub workload_family: Vec<FamilyArg>,
@@ -184,6 +197,7 @@ impl Session {
             ledger: !args.no_ledger,
             ledger_size: args.ledger_size,
             max_series: args.max_series,
+            ledger_stacks: args.stacks,
         };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
         let (attrib, attrib_off) = if args.no_attribution {
@@ -326,16 +340,32 @@ impl WorkloadRunner {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let (done2, stop2) = (Arc::clone(&done), Arc::clone(&stop));
+        let copies = args.workload_copies;
         let handle = std::thread::Builder::new()
             .name("skprof-workload".into())
             .spawn(move || {
-                let result = match Workload::setup(&opts) {
-                    Ok(mut w) => {
+                let set_up: Result<Vec<Workload>> =
+                    (0..copies).map(|_| Workload::setup(&opts)).collect();
+                let result = match set_up {
+                    Ok(mut ws) => {
                         let _ = ready_tx.send(Ok(()));
                         // Wait until the session traces the workload's
                         // programs, so every call is attributed.
                         let _ = go_rx.recv();
-                        w.run(&stop2)
+                        // Copies one after the other: each its own programs
+                        // calling the same helpers.
+                        let mut total = crate::workload::Tally::default();
+                        let mut result = Ok(());
+                        for w in &mut ws {
+                            match w.run(&stop2) {
+                                Ok(t) => total.merge(&t),
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
+                        result.map(|()| total)
                     }
                     Err(e) => {
                         let msg = format!("{e:#}");

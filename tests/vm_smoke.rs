@@ -53,7 +53,9 @@ fn fetch_greeting(port: u16, deadline: Instant) -> Option<String> {
         // slirp accepts on the host side even before the guest listens, then
         // closes: retry until data arrives.
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            // Long: under load a TCG guest can take seconds to answer, and
+            // abandoning a connection the guest accepted loses its one reply.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
             let mut buf = String::new();
             if s.read_to_string(&mut buf).is_ok() && !buf.is_empty() {
                 return Some(buf);

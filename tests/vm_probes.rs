@@ -60,17 +60,13 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
-/// One workload round under `skprof stat --json --cumulative`; checks every
-/// figure against the workload's own counts.
-fn exact_counts(kernel: &str, mode: &str) {
-    let script = format!(
-        "{SKPROF} stat --json --cumulative --probe-mode {mode} --workload \
-         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
-    );
-    let run = in_vm(kernel, &script);
+/// Runs a `skprof stat --json --cumulative --workload ...` script in the
+/// guest: its last interval, and the workload's own counts.
+fn stat_totals(kernel: &str, script: &str) -> (Value, Value) {
+    let run = in_vm(kernel, script);
     assert_eq!(
         run.status, 0,
-        "skprof stat failed on {kernel}/{mode}: {}",
+        "skprof stat failed on {kernel}: {}",
         run.stderr
     );
     let lines = json_lines(&run.stdout);
@@ -78,11 +74,24 @@ fn exact_counts(kernel: &str, mode: &str) {
         .iter()
         .rev()
         .find(|l| l["type"] == "interval")
-        .expect("an interval line");
-    let expected = &lines
+        .expect("an interval line")
+        .clone();
+    let expected = lines
         .iter()
         .find(|l| l["type"] == "workload")
-        .expect("a workload line")["expected"];
+        .expect("a workload line")["expected"]
+        .clone();
+    (last, expected)
+}
+
+/// One workload round under `skprof stat --json --cumulative`; checks every
+/// figure against the workload's own counts.
+fn exact_counts(kernel: &str, mode: &str) {
+    let script = format!(
+        "{SKPROF} stat --json --cumulative --probe-mode {mode} --workload \
+         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
+    );
+    let (last, expected) = stat_totals(kernel, &script);
     assert_eq!(last["probe_mode"], mode);
 
     let helpers = last["helpers"].as_array().expect("helpers");
@@ -174,22 +183,7 @@ fn attribution_exact(kernel: &str) {
         "{SKPROF} stat --json --cumulative --by program --workload --workload-copies 2 \
          --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
     );
-    let run = in_vm(kernel, &script);
-    assert_eq!(
-        run.status, 0,
-        "skprof stat failed on {kernel}: {}",
-        run.stderr
-    );
-    let lines = json_lines(&run.stdout);
-    let last = lines
-        .iter()
-        .rev()
-        .find(|l| l["type"] == "interval")
-        .expect("interval");
-    let expected = &lines
-        .iter()
-        .find(|l| l["type"] == "workload")
-        .expect("workload")["expected"];
+    let (last, expected) = stat_totals(kernel, &script);
     assert_eq!(last["by"], "program");
     let rows = last["helpers"].as_array().unwrap();
     let exp_helpers = expected["helpers"].as_object().unwrap();

@@ -229,10 +229,16 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
         rel.noop,
         rel.null,
         s.acquired,
+        // Per interval the two differ by the references held across the
+        // interval's edges (and read at slightly different instants);
+        // `skprof leaks` is the balance check.
         if s.acquired == rel.dropped {
             "balanced".to_string()
         } else {
-            format!("imbalance {:+}", rel.dropped as i128 - s.acquired as i128)
+            format!(
+                "released {:+} (in flight at the interval edges)",
+                rel.dropped as i128 - s.acquired as i128
+            )
         }
     );
     if rel.hold_ns.count > 0 || rel.unmatched > 0 {
@@ -316,7 +322,10 @@ mod tests {
         assert_eq!(&tc[1..4], ["4", "2.0", "100.0"]);
         assert_eq!(tc[8], "4");
         assert_eq!(tc[7], "4.00", "max is exact");
-        assert!(lines[5].contains("3 dropped a reference") && lines[5].contains("imbalance -1"));
+        assert!(
+            lines[5].contains("3 dropped a reference")
+                && lines[5].contains("released -1 (in flight")
+        );
         assert!(lines[6].starts_with("DROPS: 2 unmatched exits"));
     }
 

@@ -240,8 +240,9 @@ fn self_test(
     session.probes.trace_releases(true)?;
     let tally = tally.context("self-test: run the workload")?;
     let expected = tally.by_helper(session.funcs.has_tc_variants());
+    let tuples = w.acquiring_tuples(crate::model::ids::Family::Tc)?;
     if args.json {
-        let line = serde_json::json!({"type": "self_test", "expected": expected});
+        let line = serde_json::json!({"type": "self_test", "expected": expected, "tuples": tuples});
         writeln!(out, "{line}").context("write to stdout")?;
     } else {
         let acquired: u64 = expected.acquired.iter().flatten().sum();

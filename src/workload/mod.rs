@@ -289,6 +289,25 @@ impl Workload {
     }
 
     /// One round; `false` if it was cut short by the stop flag or deadline.
+    /// The tuples (as `src -> dst`, the form skprof's reports print) of the
+    /// `family` cases whose lookups take a reference, as they are now (the
+    /// TIME_WAIT and request sockets are renewed from time to time).
+    pub fn acquiring_tuples(&mut self, family: Family) -> Result<Vec<String>> {
+        let inside = self.netns.enter()?;
+        let mut out = Vec::new();
+        for case in cases_for(family, self.has_ipv6()) {
+            let e = case.expect(family);
+            if e.outcome == Outcome::Hit && e.class.is_some_and(|c| c.refcounted()) {
+                let t = self.fixture.tuple(case.ip, case.target)?;
+                out.push(format!("{} -> {}", t.src, t.dst));
+            }
+        }
+        inside.leave()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Times one tc or XDP case (by name, e.g. "tcp/listener"): `repeat`
     /// runs of the family's program in one BPF_PROG_TEST_RUN, returning the
     /// kernel's mean ns per run (it times the runs alone, not the syscall).

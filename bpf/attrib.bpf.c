@@ -41,28 +41,6 @@ struct attrib_prog_ref {
  * skeleton's generated types, so user space parses it with those. */
 const volatile struct attrib_prog_ref attrib_prog_ref_layout = {};
 
-/* The newest run in flight on this CPU with this ctx that belongs to this
- * program (shared.bpf.h's find_run() does not look at the slot; the helper
- * probes do not know the program, we do). */
-static __always_inline struct skprof_run *find_own_run(struct skprof_runs *rs, __u64 ctx)
-{
-	struct skprof_run *found = NULL;
-	__u64 best = 0;
-	int i;
-
-	if (!ctx)
-		return NULL;
-	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
-		struct skprof_run *r = &rs->r[i];
-
-		if (r->ctx == ctx && r->prog_slot == prog_slot && r->run_id >= best) {
-			found = r;
-			best = r->run_id;
-		}
-	}
-	return found;
-}
-
 SEC("fentry/skprof_target")
 int BPF_PROG(prog_entry, __u64 pctx)
 {
@@ -104,7 +82,7 @@ int BPF_PROG(prog_exit, __u64 pctx)
 
 	if (!rs)
 		return 0;
-	r = find_own_run(rs, pctx);
+	r = find_run(rs, pctx, prog_slot);
 	if (!r)
 		return 0;
 	n = r->nr_acquired;

@@ -54,8 +54,11 @@ static __always_inline struct skprof_runs *get_runs(void)
 	return bpf_map_lookup_elem(&runs, &zero);
 }
 
-/* The newest run in flight on this CPU with this ctx, or NULL. */
-static __always_inline struct skprof_run *find_run(struct skprof_runs *rs, __u64 ctx)
+/* The newest run in flight on this CPU with this ctx (and, unless `slot` is
+ * 0, of that program slot), or NULL. The helper probes do not know the
+ * program (slot 0); a program's own exit probe does. */
+static __always_inline struct skprof_run *find_run(struct skprof_runs *rs, __u64 ctx,
+						   __u32 slot)
 {
 	struct skprof_run *found = NULL;
 	__u64 best = 0;
@@ -66,7 +69,7 @@ static __always_inline struct skprof_run *find_run(struct skprof_runs *rs, __u64
 	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
 		struct skprof_run *r = &rs->r[i];
 
-		if (r->ctx == ctx && r->run_id >= best) {
+		if (r->ctx == ctx && (!slot || r->prog_slot == slot) && r->run_id >= best) {
 			found = r;
 			best = r->run_id;
 		}

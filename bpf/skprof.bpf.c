@@ -296,7 +296,7 @@ static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 rea
 	 * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern). */
 	rs = get_runs();
 	if (rs) {
-		run = find_run(rs, pctx);
+		run = find_run(rs, pctx, 0);
 		if (run) {
 			slot->prog_slot = run->prog_slot;
 			slot->run_id = run->run_id;
@@ -350,7 +350,7 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 	if (call->run_id) {
 		rs = get_runs();
 		if (rs) {
-			run = find_run(rs, call->pctx);
+			run = find_run(rs, call->pctx, 0);
 			if (run && run->run_id != call->run_id)
 				run = NULL;
 		}

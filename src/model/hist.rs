@@ -73,6 +73,22 @@ impl LogHist {
         }
     }
 
+    /// The histogram the kernel would build from these values (for tests
+    /// and recorded streams).
+    pub fn from_values(values: &[u64]) -> Self {
+        let mut dense = vec![0u64; SLOTS];
+        for &v in values {
+            dense[slot_of(v)] += 1;
+        }
+        LogHist::from_dense(
+            values.len() as u64,
+            values.iter().sum(),
+            values.iter().copied().max().unwrap_or(0),
+            values.iter().filter(|&&v| v >= 1 << MAX_EXP).count() as u64,
+            &dense,
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -206,17 +222,7 @@ mod tests {
     use super::*;
 
     fn hist_of(values: &[u64]) -> LogHist {
-        let mut dense = vec![0u64; SLOTS];
-        for &v in values {
-            dense[slot_of(v)] += 1;
-        }
-        LogHist::from_dense(
-            values.len() as u64,
-            values.iter().sum(),
-            values.iter().copied().max().unwrap_or(0),
-            values.iter().filter(|&&v| v >= 1 << MAX_EXP).count() as u64,
-            &dense,
-        )
+        LogHist::from_values(values)
     }
 
     /// Deterministic pseudo-random values (xorshift), spread log-uniformly.

@@ -475,21 +475,10 @@ fn pct(part: u64, whole: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::hist::{slot_of, SLOTS};
     use super::*;
 
     fn hist(values: &[u64]) -> LogHist {
-        let mut dense = vec![0; SLOTS];
-        for &v in values {
-            dense[slot_of(v)] += 1;
-        }
-        LogHist::from_dense(
-            values.len() as u64,
-            values.iter().sum(),
-            values.iter().copied().max().unwrap_or(0),
-            0,
-            &dense,
-        )
+        LogHist::from_values(values)
     }
 
     fn key(prog: u32, helper: Helper, outcome: Outcome) -> CellKey {

@@ -255,17 +255,20 @@ fn attribution_exact(kernel: &str) {
 
 /// skprof killed by each signal leaves nothing attached.
 fn signals_detach(kernel: &str) {
+    // The guests share the host's /tmp, and their shells' PIDs are alike:
+    // name the output file after this host process and the kernel.
+    let out_file = format!("/tmp/skprof-sig-{}-{kernel}", std::process::id());
     let script = format!(
         r#"set -u
 count() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe)_bpf_' ; }}
 links() {{ bpftool link show 2>/dev/null | grep -c '^[0-9]' ; }}
 echo "before $(count) $(links)"
 for sig in INT TERM KILL; do
-  {SKPROF} stat 1 >/tmp/skprof-sig.$$ 2>&1 &
+  {SKPROF} stat 1 >{out_file} 2>&1 &
   pid=$!
   i=0
   # The banner is printed once every probe is attached.
-  while ! grep -q '^Tracing' /tmp/skprof-sig.$$ && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  while ! grep -q '^Tracing' {out_file} && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
   echo "attached $sig $(count)"
   kill -$sig $pid
   wait $pid
@@ -274,7 +277,7 @@ for sig in INT TERM KILL; do
   while [ "$(count)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   echo "after $sig $(count) $(links)"
 done
-rm -f /tmp/skprof-sig.$$
+rm -f {out_file}
 "#
     );
     let run = in_vm(kernel, &script);

@@ -48,23 +48,20 @@ pub struct LeaksArgs {
     pub session: super::SessionArgs,
 }
 
-/// `500ms`, `2s`, `1.5s`, `250` (ms).
+/// `500ms`, `2s`, `1.5s`, `250` (a plain number is milliseconds here:
+/// thresholds are short). Units as the workload's `--duration`.
 pub fn parse_age(s: &str) -> Result<Duration, String> {
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
+    let t = s.trim();
+    let d = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        crate::workload::cli::parse_duration(&format!("{t}ms"))
     } else {
-        (s, 1e-3)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 2s)"))?;
-    if !v.is_finite() || v < 0.0 || v * scale > 86_400.0 {
+        crate::workload::cli::parse_duration(t)
+    }
+    .map_err(|e| format!("'{s}' is not a duration (e.g. 500ms, 2s): {e}"))?;
+    if d > Duration::from_secs(86_400) {
         return Err(format!("'{s}' is out of range (0 to 1 day)"));
     }
-    Ok(Duration::from_secs_f64(v * scale))
+    Ok(d)
 }
 
 #[derive(Serialize)]

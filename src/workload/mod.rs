@@ -23,7 +23,7 @@
 pub mod bpf;
 pub mod cases;
 mod cgroup;
-mod cli;
+pub mod cli;
 mod fixture;
 pub mod packet;
 mod sys;

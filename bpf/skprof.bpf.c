@@ -190,6 +190,45 @@ static __always_inline bool is_xdp(__u32 helper)
 	       helper <= SKPROF_H_XDP_SKC_LOOKUP_TCP;
 }
 
+static __always_inline bool is_sock_addr(__u32 helper)
+{
+	return helper >= SKPROF_H_SOCK_ADDR_SK_LOOKUP_TCP &&
+	       helper <= SKPROF_H_SOCK_ADDR_SKC_LOOKUP_TCP;
+}
+
+/*
+ * The network namespace a lookup searched and the packet's device, for the
+ * (netns, interface) grouping. A hit searched its socket's namespace. A miss
+ * is put under the caller's namespace, found from the helper's ctx the way
+ * net/core/filter.c finds caller_net: skb->dev (else skb->sk) for the skb
+ * helpers, the receive queue's device for XDP, the socket for sock_addr.
+ * Read after the timed window closes, so it costs no measured latency.
+ */
+static __always_inline void lookup_place(__u32 helper, __u64 pctx, __u64 ret,
+					 struct skprof_hist_key *key)
+{
+	struct net_device *dev = NULL;
+	struct sock *sk = NULL;
+
+	if (is_xdp(helper)) {
+		dev = BPF_CORE_READ((struct xdp_buff *)pctx, rxq, dev);
+	} else if (is_sock_addr(helper)) {
+		sk = BPF_CORE_READ((struct bpf_sock_addr_kern *)pctx, sk);
+	} else {
+		dev = BPF_CORE_READ((struct sk_buff *)pctx, dev);
+		if (!dev)
+			sk = BPF_CORE_READ((struct sk_buff *)pctx, sk);
+	}
+	if (dev)
+		key->ifindex = BPF_CORE_READ(dev, ifindex);
+	if (ret)
+		key->netns = BPF_CORE_READ((struct sock_common *)ret, skc_net.net, ns.inum);
+	else if (dev)
+		key->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	else if (sk)
+		key->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
 /*
  * Why a lookup that returned NULL missed, from its arguments, in the order
  * __bpf_skc_lookup() (net/core/filter.c) checks them. An explicit netns id
@@ -435,6 +474,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2
 	key.prog_slot = match->prog_slot;
 	key.helper = helper;
 	key.outcome = outcome;
+	lookup_place(helper, match->pctx, ret, &key);
 	h = hist_of(&hists, &key);
 	if (h) {
 		hist_record(h, delta);

@@ -76,11 +76,16 @@ struct skprof_hist {
 	__u64 slots[SKPROF_HIST_SLOTS];
 };
 
-/* Key of the `hists` map: one histogram per (program, helper, outcome). */
+/* Key of the `hists` map: one histogram per (program, helper, outcome,
+ * network namespace, interface). */
 struct skprof_hist_key {
-	__u32 prog_slot;	/* 0: caller not traced (or attribution off) */
+	__u32 prog_slot;	/* 0: caller not attributed (or attribution off) */
 	__u16 helper;		/* enum skprof_helper */
 	__u16 outcome;		/* enum skprof_outcome */
+	__u32 netns;		/* inode number of the netns the lookup searched
+				 * (the caller's, for misses); 0 if unknown */
+	__u32 ifindex;		/* the packet's device (tc, XDP, skb); 0 for
+				 * sock_addr programs */
 };
 
 /* Reference and health counters; per-CPU map value (one entry). */

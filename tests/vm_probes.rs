@@ -253,6 +253,42 @@ fn attribution_exact(kernel: &str) {
     assert_eq!(u(&last["drops"]["run_table_full"]), 0);
 }
 
+/// `--by interface`: every call is placed in the workload's one network
+/// namespace, on a device for the packet helpers and on none for sock_addr,
+/// and the places add up to the workload's exact counts.
+fn places_exact(kernel: &str) {
+    let script = format!(
+        "{SKPROF} stat --json --cumulative --by interface --workload \
+         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
+    );
+    let (last, expected) = stat_totals(kernel, &script);
+    assert_eq!(last["by"], "interface");
+    let rows = last["helpers"].as_array().unwrap();
+    let netns: Vec<u64> = rows.iter().map(|r| u(&r["place"]["netns"])).collect();
+    assert!(netns[0] > 0, "{kernel}: netns known: {rows:?}");
+    assert!(
+        netns.iter().all(|&n| n == netns[0]),
+        "{kernel}: one namespace: {netns:?}"
+    );
+    for (helper, exp) in expected["helpers"].as_object().unwrap() {
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["helper"] == *helper).collect();
+        let calls: u64 = mine.iter().map(|r| u(&r["calls"])).sum();
+        assert_eq!(
+            calls,
+            u(&exp["calls"]),
+            "{kernel} {helper}: calls over places"
+        );
+        for r in mine {
+            let ifindex = u(&r["place"]["ifindex"]);
+            if helper.starts_with("bpf_sock_addr_") {
+                assert_eq!(ifindex, 0, "{kernel} {helper}: no device");
+            } else {
+                assert!(ifindex > 0, "{kernel} {helper}: a device: {r}");
+            }
+        }
+    }
+}
+
 /// skprof killed by each signal leaves nothing attached.
 fn signals_detach(kernel: &str) {
     // The guests share the host's /tmp, and their shells' PIDs are alike:
@@ -365,4 +401,14 @@ fn attribution_exact_6_1() {
 #[test]
 fn attribution_exact_6_12() {
     attribution_exact("6.12");
+}
+
+#[test]
+fn places_exact_6_1() {
+    places_exact("6.1");
+}
+
+#[test]
+fn places_exact_6_12() {
+    places_exact("6.12");
 }

@@ -110,7 +110,7 @@ unsafe trait Pod: Copy {}
 unsafe impl Pod for types::skprof_hist {}
 // SAFETY: generated from `struct skprof_counters` (u64 arrays and fields).
 unsafe impl Pod for types::skprof_counters {}
-// SAFETY: generated from `struct skprof_hist_key` (u32 and u16 fields).
+// SAFETY: generated from `struct skprof_hist_key` (u32 and u16 fields, no padding).
 unsafe impl Pod for types::skprof_hist_key {}
 // SAFETY: generated from `struct skprof_ref` (integers and a byte array).
 unsafe impl Pod for types::skprof_ref {}
@@ -438,8 +438,11 @@ impl Probes {
                 prog: k.prog_slot,
                 helper,
                 outcome,
+                netns: k.netns,
+                ifindex: k.ifindex,
             };
-            cells.insert(key, cell);
+            // Keys differ only in fields this build does not know: merge.
+            cells.entry(key).or_insert_with(Cell::default).merge(&cell);
         }
         let mut holds = BTreeMap::new();
         let holds_map = &self.skel.maps.holds;

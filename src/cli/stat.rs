@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{Session, WorkloadRunner};
 use crate::bpf::probes::ProbeKind;
 use crate::model::hist::Percentiles;
-use crate::model::snapshot::{Grouping, IntervalStats, ProgramRef};
+use crate::model::snapshot::{Grouping, HelperStats, IntervalStats, ProgramRef};
 
 /// Latency units of the table (`--units`). JSON is always in ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +34,8 @@ pub struct StatArgs {
     /// Latency units of the table.
     #[arg(long, value_enum, default_value_t = Units::Us)]
     pub units: Units,
-    /// Rows per helper function, or per (calling program, helper).
+    /// Rows per helper function, or per (calling program, network
+    /// namespace, or interface; helper).
     #[arg(long, value_enum, default_value_t = Grouping::Helper)]
     pub by: Grouping,
     /// Report totals since start instead of per-interval values.
@@ -100,9 +101,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
             (cur.delta(&prev), now.duration_since(last).as_secs_f64())
         };
         let stats =
-            IntervalStats::compute(&delta, secs, session.probes.helpers(), args.by, &|slot| {
-                session.program(slot)
-            });
+            IntervalStats::compute(&delta, secs, session.probes.helpers(), args.by, &session);
         if args.json {
             let line = JsonInterval {
                 kind: "interval",
@@ -170,15 +169,36 @@ fn program_label(p: &ProgramRef) -> String {
     }
 }
 
+/// What the first column says for a row of `--by program|netns|interface`.
+fn row_label(r: &HelperStats) -> String {
+    if let Some(p) = &r.program {
+        return program_label(p);
+    }
+    let Some(place) = &r.place else {
+        return String::new();
+    };
+    match (place.ifindex, &place.interface) {
+        (None, _) => place.netns.to_string(),
+        (Some(0), _) => format!("-@{}", place.netns),
+        (Some(_), Some(name)) => format!("{name}@{}", place.netns),
+        (Some(i), None) => format!("if{i}@{}", place.netns),
+    }
+}
+
 /// The text report of one interval (pure: tested below).
 pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     let u = match units {
         Units::Ns => "ns",
         Units::Us => "us",
     };
-    let by_program = s.by == Grouping::Program;
+    let first_col = match s.by {
+        Grouping::Helper => None,
+        Grouping::Program => Some("PROGRAM"),
+        Grouping::Netns => Some("NETNS"),
+        Grouping::Interface => Some("INTERFACE"),
+    };
     let prog_col = |label: &str| {
-        if by_program {
+        if first_col.is_some() {
             format!("{label:<24} ")
         } else {
             String::new()
@@ -187,7 +207,7 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     let mut t = format!(
         "\n{clock}  interval {:.2}s  (latency in {u})\n{}{:<30} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
         s.interval_s,
-        prog_col("PROGRAM"),
+        prog_col(first_col.unwrap_or_default()),
         "HELPER",
         "CALLS",
         "CALLS/s",
@@ -209,7 +229,7 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
         };
         t += &format!(
             "{}{:<30} {:>9} {:>10.1} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
-            prog_col(&r.program.as_ref().map(program_label).unwrap_or_default()),
+            prog_col(&row_label(r)),
             r.helper,
             r.calls,
             r.calls_per_s,
@@ -291,8 +311,24 @@ mod tests {
             prog: 3,
             helper: Helper::TcSkLookupTcp,
             outcome: Outcome::Hit,
+            netns: 4026531840,
+            ifindex: 1,
         };
-        s.cells.insert(key, cell);
+        s.cells.insert(key, cell.clone());
+        // Same helper from a second namespace, through a sock_addr-less
+        // device-less path (ifindex 0).
+        s.cells.insert(
+            CellKey {
+                outcome: Outcome::NoSocket,
+                netns: 4026532000,
+                ifindex: 0,
+                ..key
+            },
+            Cell {
+                hist: LogHist::from_dense(4, 10_000, 4000, 0, &dense),
+                ..Default::default()
+            },
+        );
         s.counters.released[SockClass::Established.index()] = 3;
         s.counters.unmatched_exit[0] = 2;
         let label = |slot| ProgramRef {
@@ -319,7 +355,7 @@ mod tests {
         assert!(lines[3].starts_with("bpf_sk_lookup_tcp") && lines[3].contains(" - "));
         let tc: Vec<&str> = lines[4].split_whitespace().collect();
         assert_eq!(tc[0], "bpf_tc_sk_lookup_tcp");
-        assert_eq!(&tc[1..4], ["4", "2.0", "100.0"]);
+        assert_eq!(&tc[1..4], ["8", "4.0", "50.0"]);
         assert_eq!(tc[8], "4");
         assert_eq!(tc[7], "4.00", "max is exact");
         assert!(
@@ -340,6 +376,30 @@ mod tests {
             "{t}"
         );
         assert!(lines[4].starts_with("bpf_sk_release"), "{t}");
+    }
+
+    #[test]
+    fn netns_and_interface_rows_split_by_place() {
+        let t = format_table(&sample(Grouping::Netns), Units::Us, "x");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].starts_with("NETNS"), "{t}");
+        let a: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            &a[..5],
+            ["4026531840", "bpf_tc_sk_lookup_tcp", "4", "2.0", "100.0"]
+        );
+        let b: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            &b[..5],
+            ["4026532000", "bpf_tc_sk_lookup_tcp", "4", "2.0", "0.0"]
+        );
+
+        let t = format_table(&sample(Grouping::Interface), Units::Us, "x");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].starts_with("INTERFACE"), "{t}");
+        // No name known in the test labels: the ifindex, and "-" for none.
+        assert!(lines[3].starts_with("if1@4026531840 "), "{t}");
+        assert!(lines[4].starts_with("-@4026532000 "), "{t}");
     }
 
     #[test]

@@ -69,12 +69,18 @@ impl Counters {
 /// Program slot of calls whose caller is not traced.
 pub const UNATTRIBUTED: u32 = 0;
 
-/// Key of one aggregate: the calling program's slot, the helper, the outcome.
+/// Key of one aggregate: the calling program's slot, the helper, the
+/// outcome, and where the lookup happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CellKey {
     pub prog: u32,
     pub helper: Helper,
     pub outcome: Outcome,
+    /// Inode number of the network namespace searched (for a miss: the
+    /// caller's); 0 if unknown.
+    pub netns: u32,
+    /// The packet's device (tc, XDP, skb helpers); 0 for sock_addr.
+    pub ifindex: u32,
 }
 
 /// One (program, helper, outcome) aggregate: latency, and for hits the
@@ -149,9 +155,19 @@ impl Snapshot {
     /// The cells of `helper` (all outcomes) whose program `keep` accepts,
     /// merged by outcome.
     pub fn merged(&self, helper: Helper, keep: impl Fn(u32) -> bool) -> [Cell; Outcome::COUNT] {
+        self.merged_where(helper, |k| keep(k.prog))
+    }
+
+    /// The cells of `helper` (all outcomes) whose key `keep` accepts,
+    /// merged by outcome.
+    pub fn merged_where(
+        &self,
+        helper: Helper,
+        keep: impl Fn(&CellKey) -> bool,
+    ) -> [Cell; Outcome::COUNT] {
         let mut out: [Cell; Outcome::COUNT] = Default::default();
         for (k, c) in &self.cells {
-            if k.helper == helper && keep(k.prog) {
+            if k.helper == helper && keep(k) {
                 out[k.outcome.index()].merge(c);
             }
         }
@@ -169,6 +185,23 @@ impl Snapshot {
     /// Program slots with at least one cell, ascending.
     pub fn programs(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.cells.keys().map(|k| k.prog).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Network namespaces with at least one cell, ascending.
+    pub fn netns(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.cells.keys().map(|k| k.netns).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// (netns, ifindex) places with at least one cell, ascending.
+    pub fn interfaces(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self.cells.keys().map(|k| (k.netns, k.ifindex)).collect();
+        v.sort_unstable();
         v.dedup();
         v
     }
@@ -231,6 +264,23 @@ pub enum Grouping {
     Helper,
     /// One row per (calling program, helper function).
     Program,
+    /// One row per (network namespace searched, helper function).
+    Netns,
+    /// One row per (packet's interface, helper function); sock_addr lookups
+    /// have no interface (ifindex 0).
+    Interface,
+}
+
+/// Where a row's lookups happened (`--by netns|interface`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlaceRef {
+    /// Network namespace inode number (as in `/proc/PID/ns/net`, `lsns`).
+    pub netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// The interface's name, when skprof can see it (its own namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// One row of `skprof stat`: a helper function (of one program, with
@@ -239,6 +289,8 @@ pub enum Grouping {
 pub struct HelperStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub program: Option<ProgramRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<PlaceRef>,
     pub helper: &'static str,
     pub calls: u64,
     pub calls_per_s: f64,
@@ -280,6 +332,7 @@ impl HelperStats {
         let whole_helper = program.is_none();
         HelperStats {
             program,
+            place: None,
             helper: helper.function(),
             calls: all.hist.count,
             calls_per_s: rate(all.hist.count, secs),
@@ -383,7 +436,7 @@ impl IntervalStats {
         interval_s: f64,
         helpers: &[Helper],
         by: Grouping,
-        label: &dyn Fn(u32) -> ProgramRef,
+        labels: &dyn Labels,
     ) -> IntervalStats {
         let c = &delta.counters;
         let rows: Vec<HelperStats> = match by {
@@ -413,10 +466,23 @@ impl IntervalStats {
                 .filter_map(|(p, h, hold)| {
                     let cells = delta.merged(h, |q| q == p);
                     (cells.iter().any(|c| c.hist.count > 0)).then(|| {
-                        HelperStats::from_cells(h, &cells, interval_s, Some(label(p)), hold, c)
+                        let prog = Some(labels.program(p));
+                        HelperStats::from_cells(h, &cells, interval_s, prog, hold, c)
                     })
                 })
                 .collect(),
+            Grouping::Netns => {
+                let places = delta.netns().into_iter().map(|n| (n, None)).collect();
+                place_rows(delta, interval_s, helpers, places, labels)
+            }
+            Grouping::Interface => {
+                let places = delta
+                    .interfaces()
+                    .into_iter()
+                    .map(|(n, i)| (n, Some(i)))
+                    .collect();
+                place_rows(delta, interval_s, helpers, places, labels)
+            }
         };
         let dropped_by_class = ByClass::from_array(&c.released);
         let noop_by_class = ByClass::from_array(&c.release_noop);
@@ -457,6 +523,57 @@ impl IntervalStats {
     }
 }
 
+/// Names for the keys of a snapshot: programs by slot, interfaces by
+/// (netns, ifindex).
+pub trait Labels {
+    fn program(&self, slot: u32) -> ProgramRef;
+    /// The interface's name, if known.
+    fn interface(&self, _netns: u32, _ifindex: u32) -> Option<String> {
+        None
+    }
+}
+
+impl<F: Fn(u32) -> ProgramRef> Labels for F {
+    fn program(&self, slot: u32) -> ProgramRef {
+        self(slot)
+    }
+}
+
+/// One row per (place, helper) that was called: a place is a netns, or a
+/// (netns, ifindex) pair.
+fn place_rows(
+    delta: &Snapshot,
+    secs: f64,
+    helpers: &[Helper],
+    places: Vec<(u32, Option<u32>)>,
+    labels: &dyn Labels,
+) -> Vec<HelperStats> {
+    let mut rows = Vec::new();
+    for (netns, ifindex) in places {
+        for &h in helpers {
+            let cells = delta.merged_where(h, |k| {
+                k.netns == netns && ifindex.is_none_or(|i| i == k.ifindex)
+            });
+            if cells.iter().all(|c| c.hist.count == 0) {
+                continue;
+            }
+            let mut row = HelperStats::from_cells(h, &cells, secs, None, None, &delta.counters);
+            // Pairing losses are per helper, not per place.
+            row.unmatched_exits = 0;
+            row.evicted_entries = 0;
+            row.place = Some(PlaceRef {
+                netns,
+                ifindex,
+                interface: ifindex
+                    .filter(|&i| i != 0)
+                    .and_then(|i| labels.interface(netns, i)),
+            });
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 fn rate(n: u64, secs: f64) -> f64 {
     if secs > 0.0 {
         n as f64 / secs
@@ -486,6 +603,8 @@ mod tests {
             prog,
             helper,
             outcome,
+            netns: 1,
+            ifindex: 1,
         }
     }
 

@@ -418,6 +418,36 @@ impl WorkloadRunner {
     }
 }
 
+impl crate::model::snapshot::Labels for Session {
+    fn program(&self, slot: u32) -> ProgramRef {
+        self.program_ref(slot)
+    }
+
+    /// Interface names are per namespace: only those of skprof's own
+    /// namespace can be named from here.
+    fn interface(&self, netns: u32, ifindex: u32) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+        if u64::from(netns) != own {
+            return None;
+        }
+        interface_name(ifindex)
+    }
+}
+
+/// The name of interface `ifindex` in this network namespace (sysfs shows
+/// the namespace it was mounted from, which is ours).
+fn interface_name(ifindex: u32) -> Option<String> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .is_ok_and(|s| s.trim().parse() == Ok(ifindex))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,34 +479,4 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["skprof", "stat", "--workload-rounds", "1"]).is_err());
     }
-}
-
-impl crate::model::snapshot::Labels for Session {
-    fn program(&self, slot: u32) -> ProgramRef {
-        self.program_ref(slot)
-    }
-
-    /// Interface names are per namespace: only those of skprof's own
-    /// namespace can be named from here.
-    fn interface(&self, netns: u32, ifindex: u32) -> Option<String> {
-        use std::os::unix::fs::MetadataExt;
-        let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
-        if u64::from(netns) != own {
-            return None;
-        }
-        interface_name(ifindex)
-    }
-}
-
-/// The name of interface `ifindex` in this network namespace (sysfs shows
-/// the namespace it was mounted from, which is ours).
-fn interface_name(ifindex: u32) -> Option<String> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .find(|e| {
-            std::fs::read_to_string(e.path().join("ifindex"))
-                .is_ok_and(|s| s.trim().parse() == Ok(ifindex))
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
 }

@@ -37,6 +37,8 @@ struct inflight_slot {
 	__u32 prog_slot;	/* calling program, 0 if not traced */
 	__u32 len;	/* tuple length argument */
 	__u64 run_id;	/* calling run, 0 if not traced */
+	__u32 prog_id;	/* calling program, 0 if not attributed */
+	__u32 pad;
 };
 
 struct inflight {
@@ -93,6 +95,23 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, 32 * sizeof(__u64));
 } stacks SEC(".maps");
+
+/* key: 0 or 1; value: JIT images of the untraced calling programs (see
+ * struct skprof_jit_table). Two copies: user space rewrites the idle one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct skprof_jit_table);
+} jit_ranges SEC(".maps");
+
+/* key: 0; value: which jit_ranges entry is current */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} jit_active SEC(".maps");
 
 /* Whether to keep the reference ledger on acquire/release. */
 const volatile bool ledger_on = true;
@@ -286,7 +305,71 @@ static __always_inline __u32 sock_class(struct sock_common *skc, __u8 state)
 	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
 }
 
-static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 reason,
+/* The range of `t` holding `ip`, or NULL: a binary search. */
+static __always_inline struct skprof_jit_range *jit_find(struct skprof_jit_table *t, __u64 ip)
+{
+	__u32 lo = 0, hi = t->n, mid;
+	int i;
+
+	if (hi > SKPROF_JIT_RANGES)
+		return NULL;
+	/* log2(SKPROF_JIT_RANGES) + 1 halvings find any range. */
+	for (i = 0; i < 10 && lo < hi; i++) {
+		mid = (lo + hi) / 2;
+		barrier_var(mid);
+		if (mid >= SKPROF_JIT_RANGES)
+			return NULL;
+		if (ip < t->r[mid].start)
+			hi = mid;
+		else if (ip >= t->r[mid].end)
+			lo = mid + 1;
+		else
+			return &t->r[mid];
+	}
+	return NULL;
+}
+
+/*
+ * The untraced program that called the helper, from the kernel stack: the
+ * first frame inside a listed JIT image. In kprobe mode the frame after the
+ * helper's own is the caller; under fentry the trampoline's frames come
+ * first. The ORC unwinder walks JIT code by frame pointer (the BPF JIT and
+ * trampolines keep one). Costs a stack walk, so only done when the table
+ * lists some program and the call was not attributed by program tracing.
+ */
+static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
+{
+	__u64 frames[SKPROF_JIT_FRAMES];
+	struct skprof_jit_table *t;
+	struct skprof_jit_range *r;
+	__u32 zero = 0, *active;
+	long n;
+	int i;
+
+	active = bpf_map_lookup_elem(&jit_active, &zero);
+	if (!active)
+		return NULL;
+	t = bpf_map_lookup_elem(&jit_ranges, active);
+	if (!t || t->n == 0)
+		return NULL;
+	n = bpf_get_stack(tctx, frames, sizeof(frames), 0);
+	if (n <= 0)
+		return NULL;
+	n /= sizeof(__u64);
+	for (i = 0; i < SKPROF_JIT_FRAMES; i++) {
+		if (i >= n)
+			break;
+		/* Cheap rejection of kernel text before the search. */
+		if (frames[i] < t->r[0].start)
+			continue;
+		r = jit_find(t, frames[i]);
+		if (r)
+			return r;
+	}
+	return NULL;
+}
+
+static __always_inline void on_entry(void *tctx, __u32 helper, __u64 k1, __u64 k2, __u32 reason,
 				     __u64 pctx, __u64 tuple, __u64 len)
 {
 	struct inflight_slot *slot = NULL, *oldest = NULL;
@@ -330,15 +413,22 @@ static __always_inline void on_entry(__u32 helper, __u64 k1, __u64 k2, __u32 rea
 	slot->helper = helper;
 	slot->reason = reason;
 	slot->prog_slot = 0;
+	slot->prog_id = 0;
 	slot->run_id = 0;
 	/* The calling program, if traced: its run is recorded under the same
 	 * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern). */
 	rs = get_runs();
-	if (rs) {
-		run = find_run(rs, pctx, 0);
-		if (run) {
-			slot->prog_slot = run->prog_slot;
-			slot->run_id = run->run_id;
+	run = rs ? find_run(rs, pctx, 0) : NULL;
+	if (run) {
+		slot->prog_slot = run->prog_slot;
+		slot->prog_id = run->prog_id;
+		slot->run_id = run->run_id;
+	} else {
+		struct skprof_jit_range *r = stack_caller(tctx);
+
+		if (r) {
+			slot->prog_slot = r->prog_slot;
+			slot->prog_id = r->prog_id;
 		}
 	}
 	/* Last, so the probe's own work stays outside the timed window. */
@@ -356,7 +446,7 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 	struct skprof_runs *rs;
 	struct skprof_run *run = NULL;
 	struct skprof_ref *ref;
-	__u32 zero = 0, n, prog_id = 0;
+	__u32 zero = 0, n, prog_id = call->prog_id;
 	int i;
 
 	ref = bpf_map_lookup_elem(&ledger, &sk);
@@ -393,8 +483,6 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 			if (run && run->run_id != call->run_id)
 				run = NULL;
 		}
-		if (run)
-			prog_id = run->prog_id;
 	}
 	/* This acquirer's holder, else a free one, else the last (shared). */
 	for (i = 0; i < SKPROF_REF_HOLDERS; i++) {
@@ -564,7 +652,7 @@ static __always_inline void on_release(__u64 sk)
 SEC("fentry/" #fn)							\
 int BPF_PROG(fentry_##fn, __u64 pctx, __u64 tuple, __u64 len)		\
 {									\
-	on_entry(id, pctx, tuple, 0, pctx, tuple, len);			\
+	on_entry(ctx, id, pctx, tuple, 0, pctx, tuple, len);			\
 	return 0;							\
 }									\
 SEC("fexit/" #fn)							\
@@ -578,7 +666,7 @@ SEC("kprobe/" #fn)							\
 int BPF_KPROBE(kprobe_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
 	       __u64 netns_id, __u64 flags)				\
 {									\
-	on_entry(id, bpf_get_current_pid_tgid(), 0,			\
+	on_entry(ctx, id, bpf_get_current_pid_tgid(), 0,			\
 		 miss_reason(id, len, netns_id, flags), pctx, tuple, len); \
 	return 0;							\
 }									\

@@ -167,6 +167,31 @@ struct skprof_runs {
 	__u64 seq;
 };
 
+/*
+ * Stack attribution, the fallback where a program cannot be traced (kprobe
+ * mode, a program without BTF, a refused attach): user space lists the JIT
+ * images (main function and subprograms, from jited_ksyms/jited_func_lens)
+ * of the untraced programs that call the helpers, sorted by address; the
+ * helper probe takes a short kernel stack and charges the call to the
+ * program whose image holds the first matching frame. Double-buffered:
+ * user space fills the table not in use, then switches `jit_active`.
+ */
+#define SKPROF_JIT_RANGES 512	/* JIT images (functions) tracked at once */
+#define SKPROF_JIT_FRAMES 8	/* stack frames searched per call */
+
+struct skprof_jit_range {
+	__u64 start;		/* first byte of the JIT image */
+	__u64 end;		/* one past its last byte */
+	__u32 prog_slot;
+	__u32 prog_id;
+};
+
+struct skprof_jit_table {
+	__u32 n;		/* ranges in use, sorted by start, disjoint */
+	__u32 pad;
+	struct skprof_jit_range r[SKPROF_JIT_RANGES];
+};
+
 /* --- Reference ledger --- */
 #define SKPROF_TUPLE_MAX 36	/* sizeof(struct bpf_sock_tuple) */
 

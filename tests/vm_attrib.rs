@@ -169,7 +169,7 @@ fn guest() {
     // Capacity: two slots for four programs; dropping the attributor
     // detaches (the programs live on: the workload holds them).
     {
-        let mut small = Attributor::new(2);
+        let mut small = Attributor::new(2, false);
         let r = small
             .rescan(probes.shared_maps())
             .expect("rescan (2 slots)");
@@ -179,7 +179,7 @@ fn guest() {
         assert_eq!(small.over_capacity(), 2);
     }
 
-    let mut at = Attributor::new(16);
+    let mut at = Attributor::new(16, false);
     let t0 = Instant::now();
     let r1 = at.rescan(probes.shared_maps()).expect("first rescan");
     let t_rescan1 = t0.elapsed();

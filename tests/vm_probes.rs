@@ -177,11 +177,13 @@ fn exact_counts(kernel: &str, mode: &str) {
 }
 
 /// `--by program` with two copies of the workload: every call is
-/// attributed to the program that made it, two programs per helper.
-fn attribution_exact(kernel: &str) {
+/// attributed to the program that made it, two programs per helper, by
+/// program tracing or (`flags`: kprobe mode, `--attribute-by stack`) by
+/// kernel stack.
+fn attribution_exact(kernel: &str, flags: &str) {
     let script = format!(
         "{SKPROF} stat --json --cumulative --by program --workload --workload-copies 2 \
-         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
+         --workload-rounds 1 --workload-count {N} --workload-rate 1000000 {flags} 120"
     );
     let (last, expected) = stat_totals(kernel, &script);
     assert_eq!(last["by"], "program");
@@ -395,12 +397,32 @@ fn check_6_12() {
 
 #[test]
 fn attribution_exact_6_1() {
-    attribution_exact("6.1");
+    attribution_exact("6.1", "");
 }
 
 #[test]
 fn attribution_exact_6_12() {
-    attribution_exact("6.12");
+    attribution_exact("6.12", "");
+}
+
+#[test]
+fn stack_attribution_kprobe_6_1() {
+    attribution_exact("6.1", "--probe-mode kprobe");
+}
+
+#[test]
+fn stack_attribution_kprobe_6_12() {
+    attribution_exact("6.12", "--probe-mode kprobe");
+}
+
+#[test]
+fn stack_attribution_fentry_6_1() {
+    attribution_exact("6.1", "--attribute-by stack");
+}
+
+#[test]
+fn stack_attribution_fentry_6_12() {
+    attribution_exact("6.12", "--attribute-by stack");
 }
 
 #[test]

@@ -22,7 +22,7 @@
 //!
 //! ```no_run
 //! # fn f(probes: &skprof::bpf::probes::Probes) -> anyhow::Result<()> {
-//! let mut attributor = skprof::attrib::Attributor::new(64);
+//! let mut attributor = skprof::attrib::Attributor::new(64, false);
 //! let report = attributor.rescan(probes.shared_maps())?; // every second
 //! for p in attributor.programs() {
 //!     println!("slot {} prog {} {} ({}): {}", p.slot, p.id, p.name, p.prog_type, p.attach);
@@ -45,7 +45,7 @@ use libbpf_rs::query::{LinkInfoIter, ProgInfoIter, ProgInfoQueryOptions};
 use libbpf_rs::{Btf, ProgramType};
 use serde::Serialize;
 
-use crate::bpf::probes::SharedMaps;
+use crate::bpf::probes::{JitRange, SharedMaps};
 use crate::model::ids::Helper;
 pub use attach::Attachment;
 use attach::Resolver;
@@ -76,7 +76,21 @@ pub struct ProgSummary {
     pub calls_sk_release: bool,
 }
 
-/// A program we trace.
+/// How calls are charged to a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// fentry/fexit on the program itself: exact, and gives the per-run
+    /// leak check.
+    Trace,
+    /// The helper probe's kernel stack, matched against the program's JIT
+    /// images: for programs that cannot be traced (kprobe mode, no BTF, a
+    /// refused attach). No per-run leak check (no probe at the program's
+    /// exit), and a stack walk per call.
+    Stack,
+}
+
+/// A program we attribute calls to (traced, or by stack).
 #[derive(Debug, Serialize)]
 pub struct TracedProgram {
     /// Stamped on its runs (`skprof_run.prog_slot`), 1..=MAX_SLOT.
@@ -92,8 +106,17 @@ pub struct TracedProgram {
     pub attachments: Vec<Attachment>,
     pub helpers: Vec<Helper>,
     pub calls_sk_release: bool,
+    pub method: Method,
+    /// Why it is attributed by stack rather than traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Its JIT images: (start, length) of the main function and each
+    /// subprogram.
     #[serde(skip)]
-    _links: TargetLinks,
+    pub jit: Vec<(u64, u32)>,
+    /// None when attributed by stack.
+    #[serde(skip)]
+    _links: Option<TargetLinks>,
 }
 
 impl TracedProgram {
@@ -140,6 +163,9 @@ pub struct RescanReport {
 /// `Probes` whose maps the first [`rescan`](Attributor::rescan) gets.
 #[derive(Debug)]
 pub struct Attributor {
+    /// Only [`Method::Stack`]: program tracing is impossible (kprobe mode)
+    /// or not wanted.
+    stack_only: bool,
     slots: SlotAllocator,
     /// By program id.
     traced: BTreeMap<u32, TracedProgram>,
@@ -159,12 +185,16 @@ struct Candidate {
     calls: HelperCalls,
     /// BTF type id of the main function (func_info at insn 0), if any.
     main_func: Option<u32>,
+    /// (start, length) of each JIT image; empty if not JITed or hidden.
+    jit: Vec<(u64, u32)>,
 }
 
 impl Attributor {
-    /// Traces at most `max_progs` programs at once (at most [`MAX_SLOT`]).
-    pub fn new(max_progs: usize) -> Attributor {
+    /// Attributes calls to at most `max_progs` programs at once (at most
+    /// [`MAX_SLOT`]), tracing them, or with `stack_only` by kernel stack.
+    pub fn new(max_progs: usize, stack_only: bool) -> Attributor {
         Attributor {
+            stack_only,
             slots: SlotAllocator::new(max_progs, MAX_SLOT),
             traced: BTreeMap::new(),
             untraceable: Vec::new(),
@@ -210,6 +240,23 @@ impl Attributor {
         self.shared.as_ref().and_then(|s| s.iter_error.as_deref())
     }
 
+    /// The JIT images of the programs attributed by stack, for the probes'
+    /// table ([`crate::bpf::probes::Probes::set_jit_ranges`]).
+    pub fn jit_ranges(&self) -> Vec<JitRange> {
+        self.traced
+            .values()
+            .filter(|p| p.method == Method::Stack)
+            .flat_map(|p| {
+                p.jit.iter().map(|&(start, len)| JitRange {
+                    start,
+                    len,
+                    slot: p.slot,
+                    prog_id: p.id,
+                })
+            })
+            .collect()
+    }
+
     /// The shared run table now (after the first rescan).
     pub fn run_table(&self) -> Result<RunTable> {
         self.shared
@@ -227,7 +274,7 @@ impl Attributor {
             let text = std::fs::read_to_string("/proc/kallsyms").context("read /proc/kallsyms")?;
             self.addrs = Some(HelperAddrs::from_kallsyms(&text)?);
         }
-        if self.shared.is_none() {
+        if self.shared.is_none() && !self.stack_only {
             self.shared = Some(Shared::load(maps).context("load the attribution helpers")?);
         }
 
@@ -247,12 +294,14 @@ impl Attributor {
         let mut detached_now = HashSet::new();
         let ids: Vec<u32> = self.traced.keys().copied().collect();
         for id in ids {
+            let traced = self.traced[&id].method == Method::Trace;
             let gone = match &refs {
                 // Ours, plus the iterator's own while it showed it.
-                Some(r) => r
+                Some(r) if traced => r
                     .get(&id)
                     .is_none_or(|&n| n <= TargetLinks::TARGET_REFS + 1),
-                None => !present.contains(&id),
+                // By stack we hold nothing: gone when unloaded.
+                _ => !present.contains(&id),
             };
             if !gone {
                 continue;
@@ -279,66 +328,73 @@ impl Attributor {
             }
             let (name, func) = match c.main_func {
                 Some(type_id) => match btf_func_name(c.id, type_id) {
-                    Ok(n) => (n.clone(), Some(n)),
-                    Err(e) => {
-                        let s = summary(&c, c.short_name.clone());
-                        let why = format!("read the BTF of prog {} ({}): {e:#}", c.id, s.name);
-                        self.untraceable.push((s.clone(), why.clone()));
-                        report.untraceable.push((s, why));
-                        continue;
-                    }
+                    Ok(n) => (n.clone(), Ok(n)),
+                    Err(e) => (
+                        c.short_name.clone(),
+                        Err(format!("read the BTF of prog {}: {e:#}", c.id)),
+                    ),
                 },
-                None => (c.short_name.clone(), None),
+                None => (
+                    c.short_name.clone(),
+                    Err(
+                        "no BTF (loaded without func_info): fentry/fexit need the target's BTF \
+                         to attach"
+                            .to_string(),
+                    ),
+                ),
             };
             let s = summary(&c, name);
-            let Some(func) = func else {
-                let why = "no BTF (loaded without func_info): fentry/fexit need the target's \
-                           BTF to attach"
-                    .to_string();
-                self.untraceable.push((s.clone(), why.clone()));
-                report.untraceable.push((s, why));
-                continue;
-            };
             let Some(slot) = self.slots.alloc() else {
                 over += 1;
                 continue;
             };
-            let target = Target {
-                id: c.id,
-                name: &s.name,
-                func: &func,
-                slot,
-            };
-            match seam::attach(&target, maps) {
-                Ok(links) => {
-                    report.attached.push(SlotProgram {
-                        slot,
+            let attached = if self.stack_only {
+                Err("program tracing not in use".to_string())
+            } else {
+                func.and_then(|func| {
+                    let target = Target {
                         id: c.id,
-                        name: s.name.clone(),
-                    });
-                    self.traced.insert(
-                        c.id,
-                        TracedProgram {
-                            slot,
-                            id: s.id,
-                            name: s.name,
-                            prog_type: s.prog_type,
-                            tag: s.tag,
-                            attach: attach::NOT_BY_LINK.to_string(),
-                            attachments: Vec::new(),
-                            helpers: s.helpers,
-                            calls_sk_release: s.calls_sk_release,
-                            _links: links,
-                        },
-                    );
-                }
-                Err(e) => {
+                        name: &s.name,
+                        func: &func,
+                        slot,
+                    };
+                    seam::attach(&target, maps).map_err(|e| format!("{e:#}"))
+                })
+            };
+            let (method, links, fallback) = match attached {
+                Ok(links) => (Method::Trace, Some(links), None),
+                Err(why) if !c.jit.is_empty() => (Method::Stack, None, Some(why)),
+                Err(why) => {
                     self.slots.unalloc(slot);
-                    let why = format!("{e:#}");
+                    let why = format!("{why}; and no JIT image to match stacks against");
                     self.untraceable.push((s.clone(), why.clone()));
                     report.untraceable.push((s, why));
+                    continue;
                 }
-            }
+            };
+            report.attached.push(SlotProgram {
+                slot,
+                id: c.id,
+                name: s.name.clone(),
+            });
+            self.traced.insert(
+                c.id,
+                TracedProgram {
+                    slot,
+                    id: s.id,
+                    name: s.name,
+                    prog_type: s.prog_type,
+                    tag: s.tag,
+                    attach: attach::NOT_BY_LINK.to_string(),
+                    attachments: Vec::new(),
+                    helpers: s.helpers,
+                    calls_sk_release: s.calls_sk_release,
+                    method,
+                    fallback,
+                    jit: c.jit,
+                    _links: links,
+                },
+            );
         }
         self.over_capacity = over;
         report.over_capacity = over;
@@ -378,7 +434,9 @@ fn summary(c: &Candidate, name: String) -> ProgSummary {
 fn enumerate(addrs: &HelperAddrs) -> (Vec<Candidate>, HashSet<u32>) {
     let opts = ProgInfoQueryOptions::default()
         .include_xlated_prog_insns(true)
-        .include_func_info(true);
+        .include_func_info(true)
+        .include_jited_ksyms(true)
+        .include_jited_func_lens(true);
     let mut present = HashSet::new();
     let mut out = Vec::new();
     for info in ProgInfoIter::with_query_opts(opts) {
@@ -401,10 +459,23 @@ fn enumerate(addrs: &HelperAddrs) -> (Vec<Candidate>, HashSet<u32>) {
             tag: info.tag.0.iter().map(|b| format!("{b:02x}")).collect(),
             calls,
             main_func,
+            jit: jit_images(&info.jited_ksyms, &info.jited_func_lens),
         });
     }
     out.sort_by_key(|c| c.id);
     (out, present)
+}
+
+/// (start, length) of each JIT image, from `jited_ksyms` and
+/// `jited_func_lens` (one per function: main, then subprograms). Zero
+/// addresses mean the kernel hid them (kptr_restrict): none then.
+fn jit_images(ksyms: &[*const std::ffi::c_void], lens: &[u32]) -> Vec<(u64, u32)> {
+    ksyms
+        .iter()
+        .zip(lens)
+        .map(|(&a, &l)| (a as u64, l))
+        .filter(|&(a, l)| a != 0 && l != 0)
+        .collect()
 }
 
 /// The name of function `type_id` in program `id`'s BTF: the full name of

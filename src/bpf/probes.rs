@@ -117,6 +117,26 @@ unsafe impl Pod for types::skprof_ref {}
 // SAFETY: generated from `struct skprof_event` (integers and skprof_ref).
 unsafe impl Pod for types::skprof_event {}
 
+// SAFETY: generated from `struct skprof_jit_table` (u32s and an array of
+// u64/u64/u32/u32 ranges).
+unsafe impl Pod for types::skprof_jit_table {}
+
+/// Map values this module writes: their bytes can be viewed.
+///
+/// # Safety
+/// Implementors are [`Pod`] and have no padding bytes.
+unsafe trait Bytes: Pod {}
+// SAFETY: u32 n, u32 pad, then 24-byte ranges (u64, u64, u32, u32): no
+// padding anywhere (size 8 + 512 * 24, checked in the tests).
+unsafe impl Bytes for types::skprof_jit_table {}
+
+/// The bytes of a map value to write.
+fn pod_bytes<T: Bytes>(v: &T) -> &[u8] {
+    // SAFETY: T has no padding, so all its size_of::<T>() bytes are
+    // initialized integers; the slice borrows `v`.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
 fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T> {
     if bytes.len() < size_of::<T>() {
         bail!(
@@ -177,8 +197,45 @@ pub struct Probes {
     helpers: Vec<Helper>,
     prog_fds: Vec<i32>,
     start: Instant,
+    /// Which `jit_ranges` entry the probes read (the other one is ours to
+    /// rewrite).
+    jit_active: u32,
     /// Why fentry was not used in `ProbeMode::Auto`, when it was not.
     pub fallback_reason: Option<String>,
+}
+
+/// The JIT image of one function (main or subprogram) of a program that is
+/// attributed by kernel stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JitRange {
+    pub start: u64,
+    pub len: u32,
+    pub slot: u32,
+    pub prog_id: u32,
+}
+
+/// Room in the kernel's JIT table (`SKPROF_JIT_RANGES`).
+pub const JIT_RANGES: usize = 512;
+
+/// The table the probes search: sorted by address, overlaps (which the
+/// kernel never produces) and zero-length images dropped, at most
+/// [`JIT_RANGES`]; also how many did not fit.
+pub fn jit_table(ranges: &[JitRange]) -> (Vec<JitRange>, usize) {
+    let mut v: Vec<JitRange> = ranges.iter().copied().filter(|r| r.len > 0).collect();
+    v.sort_by_key(|r| r.start);
+    let mut out: Vec<JitRange> = Vec::with_capacity(v.len());
+    for r in v {
+        if out
+            .last()
+            .is_some_and(|l| r.start < l.start + u64::from(l.len))
+        {
+            continue;
+        }
+        out.push(r);
+    }
+    let over = out.len().saturating_sub(JIT_RANGES);
+    out.truncate(JIT_RANGES);
+    (out, over)
 }
 
 impl Probes {
@@ -302,12 +359,46 @@ impl Probes {
             helpers,
             prog_fds,
             start: Instant::now(),
+            jit_active: 0,
             fallback_reason: None,
         })
     }
 
     pub fn kind(&self) -> ProbeKind {
         self.kind
+    }
+
+    /// Tells the helper probes which JIT images belong to which program, for
+    /// the calls that program tracing does not attribute. Writes the table
+    /// not in use, then switches to it, so a probe never searches a table
+    /// half written. Returns how many ranges did not fit.
+    pub fn set_jit_ranges(&mut self, ranges: &[JitRange]) -> Result<usize> {
+        let (sorted, over) = jit_table(ranges);
+        let mut t = types::skprof_jit_table {
+            n: sorted.len() as u32,
+            ..Default::default()
+        };
+        for (dst, r) in t.r.iter_mut().zip(&sorted) {
+            *dst = types::skprof_jit_range {
+                start: r.start,
+                end: r.start + u64::from(r.len),
+                prog_slot: r.slot,
+                prog_id: r.prog_id,
+            };
+        }
+        let idle = 1 - self.jit_active;
+        self.skel
+            .maps
+            .jit_ranges
+            .update(&idle.to_ne_bytes(), pod_bytes(&t), MapFlags::ANY)
+            .context("write map jit_ranges")?;
+        self.skel
+            .maps
+            .jit_active
+            .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
+            .context("write map jit_active")?;
+        self.jit_active = idle;
+        Ok(over)
     }
 
     /// The helper functions being traced.
@@ -730,6 +821,30 @@ mod tests {
         assert_eq!(c.unmatched_exit.len(), Helper::COUNT);
         assert_eq!(c.released.len(), SockClass::COUNT);
         assert_eq!(h.hits.len(), SockClass::COUNT);
+    }
+
+    #[test]
+    fn jit_table_has_no_padding() {
+        assert_eq!(size_of::<types::skprof_jit_range>(), 24);
+        assert_eq!(size_of::<types::skprof_jit_table>(), 8 + JIT_RANGES * 24);
+    }
+
+    #[test]
+    fn jit_table_sorts_drops_overlaps_and_caps() {
+        let r = |start, len, slot| JitRange {
+            start,
+            len,
+            slot,
+            prog_id: slot + 100,
+        };
+        let (t, over) = jit_table(&[r(300, 50, 2), r(100, 100, 1), r(150, 10, 3), r(500, 0, 4)]);
+        assert_eq!(t, vec![r(100, 100, 1), r(300, 50, 2)]);
+        assert_eq!(over, 0);
+        let many: Vec<JitRange> = (0..JIT_RANGES as u64 + 3)
+            .map(|i| r(i * 10, 5, 1))
+            .collect();
+        let (t, over) = jit_table(&many);
+        assert_eq!((t.len(), over), (JIT_RANGES, 3));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `skprof bench`: what tracing costs per traced program run. Drives the
 //! built-in workload's tc program through BPF_PROG_TEST_RUN (the kernel
 //! times the runs itself) with no tracer, with skprof's helper probes, and
-//! with the probes plus per-program attribution, and prints ns per run and
+//! with the probes plus per-program attribution (by tracing the program,
+//! and by kernel stack), and prints ns per run and
 //! the ratios. Absolute numbers are noisy (and inflated ~30-50x under TCG):
 //! read the ratios, taken within one run.
 
@@ -41,6 +42,9 @@ pub enum Config {
     /// The probes plus fentry/fexit on the calling program (attribution and
     /// the per-run leak check).
     Attribution,
+    /// The probes plus attribution by kernel stack (the fallback where a
+    /// program cannot be traced).
+    StackAttribution,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +66,10 @@ pub struct CaseSummary {
     pub attribution_ratio: f64,
     /// Run cost with probes / run cost with no tracer.
     pub probes_ratio: f64,
+    /// ns per program run added by stack attribution, over the probes alone.
+    pub stack_added_ns: f64,
+    /// Run cost with stack attribution / run cost with probes only.
+    pub stack_ratio: f64,
 }
 
 /// Min and median of measurements (pure).
@@ -95,17 +103,21 @@ pub fn summarize(ms: &[Measurement]) -> Vec<CaseSummary> {
                     .find(|m| m.case == c && m.config == cfg)
                     .map(|m| m.median_ns)
             };
-            let (none, probes, attr) = (
+            let (none, probes, attr, stack) = (
                 get(Config::None)?,
                 get(Config::Probes)?,
                 get(Config::Attribution)?,
+                get(Config::StackAttribution)?,
             );
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             Some(CaseSummary {
                 case: c.to_string(),
                 probes_added_ns: probes - none,
                 attribution_added_ns: attr - probes,
-                attribution_ratio: if probes > 0.0 { attr / probes } else { 0.0 },
-                probes_ratio: if none > 0.0 { probes / none } else { 0.0 },
+                attribution_ratio: ratio(attr, probes),
+                probes_ratio: ratio(probes, none),
+                stack_added_ns: stack - probes,
+                stack_ratio: ratio(stack, probes),
             })
         })
         .collect()
@@ -146,9 +158,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut ms = Vec::new();
     measure(&mut w, args, Config::None, &mut ms)?;
     {
-        let probes = Probes::load(ProbeMode::Fentry, &funcs, &ProbeOptions::default())?;
+        let mut probes = Probes::load(ProbeMode::Fentry, &funcs, &ProbeOptions::default())?;
         measure(&mut w, args, Config::Probes, &mut ms)?;
-        let mut attrib = Attributor::new(8);
+        {
+            let mut attrib = Attributor::new(8, true);
+            attrib
+                .rescan(probes.shared_maps())
+                .context("list the workload's programs")?;
+            anyhow::ensure!(
+                attrib.programs().any(|p| p.name == "wl_tc_lookup"),
+                "the workload's tc program has no JIT image to attribute by stack"
+            );
+            probes.set_jit_ranges(&attrib.jit_ranges())?;
+            measure(&mut w, args, Config::StackAttribution, &mut ms)?;
+            probes.set_jit_ranges(&[])?;
+        }
+        let mut attrib = Attributor::new(8, false);
         attrib
             .rescan(probes.shared_maps())
             .context("trace the workload's programs")?;
@@ -178,6 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Config::None => "none",
             Config::Probes => "probes",
             Config::Attribution => "+attribution",
+            Config::StackAttribution => "+stack attr",
         };
         println!(
             "{:<22} {:<12} {:>10.1} {:>10.1}",
@@ -185,13 +211,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "\n{:<22} {:>14} {:>12} {:>18} {:>14}",
-        "CASE", "PROBES +ns", "x NO TRACER", "ATTRIBUTION +ns", "x PROBES ONLY"
+        "\n{:<22} {:>11} {:>9} {:>11} {:>9} {:>11} {:>9}",
+        "CASE", "PROBES +ns", "x NONE", "ATTRIB +ns", "x PROBES", "STACK +ns", "x PROBES"
     );
     for s in &summary {
         println!(
-            "{:<22} {:>14.1} {:>12.2} {:>18.1} {:>14.2}",
-            s.case, s.probes_added_ns, s.probes_ratio, s.attribution_added_ns, s.attribution_ratio
+            "{:<22} {:>11.1} {:>9.2} {:>11.1} {:>9.2} {:>11.1} {:>9.2}",
+            s.case,
+            s.probes_added_ns,
+            s.probes_ratio,
+            s.attribution_added_ns,
+            s.attribution_ratio,
+            s.stack_added_ns,
+            s.stack_ratio
         );
     }
     Ok(())
@@ -220,11 +252,14 @@ mod tests {
             m(Config::None, 100.0),
             m(Config::Probes, 400.0),
             m(Config::Attribution, 600.0),
+            m(Config::StackAttribution, 1000.0),
         ]);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].probes_added_ns, 300.0);
         assert_eq!(s[0].attribution_added_ns, 200.0);
         assert_eq!(s[0].attribution_ratio, 1.5);
         assert_eq!(s[0].probes_ratio, 4.0);
+        assert_eq!(s[0].stack_added_ns, 600.0);
+        assert_eq!(s[0].stack_ratio, 2.5);
     }
 }

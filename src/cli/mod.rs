@@ -69,6 +69,14 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--attribute-by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttributeBy {
+    Auto,
+    Trace,
+    Stack,
+}
+
 /// Flags shared by every tracing command.
 #[derive(Debug, clap::Args)]
 pub struct SessionArgs {
@@ -84,6 +92,13 @@ pub struct SessionArgs {
     /// figures, no per-run leak check, less overhead.
     #[arg(long)]
     pub no_attribution: bool,
+    /// How calls are charged to programs: trace each program (fentry/fexit
+    /// on it: exact, with the per-run leak check), match the helper's kernel
+    /// stack against the programs' JIT images (no per-run check, a stack
+    /// walk per call), or auto: trace, else stack (always stack in kprobe
+    /// mode).
+    #[arg(long, value_enum, default_value_t = AttributeBy::Auto, conflicts_with = "no_attribution")]
+    pub attribute_by: AttributeBy,
     /// BPF programs traced at most (the rest count as not traced).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=255))]
     pub max_programs: u64,
@@ -200,15 +215,25 @@ impl Session {
             ledger_stacks: args.stacks,
         };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
-        let (attrib, attrib_off) = if args.no_attribution {
-            (None, Some("--no-attribution".to_string()))
-        } else if probes.kind() != ProbeKind::Fentry {
-            (
+        let kprobes = probes.kind() != ProbeKind::Fentry;
+        let (attrib, attrib_off) = match args.attribute_by {
+            _ if args.no_attribution => (None, Some("--no-attribution".to_string())),
+            AttributeBy::Trace if kprobes => {
+                return Err(SkprofError::Usage(
+                    "--attribute-by trace needs fentry/fexit (tracing BPF programs); \
+                     this session uses kprobes: use --attribute-by stack or auto"
+                        .into(),
+                )
+                .into())
+            }
+            // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
+            by => (
+                Some(Attributor::new(
+                    args.max_programs as usize,
+                    kprobes || by == AttributeBy::Stack,
+                )),
                 None,
-                Some("kprobe mode (tracing BPF programs needs fentry/fexit)".to_string()),
-            )
-        } else {
-            (Some(Attributor::new(args.max_programs as usize)), None)
+            ),
         };
         let mut session = Session {
             funcs,
@@ -260,6 +285,15 @@ impl Session {
                 for p in &report.attached {
                     self.names.insert(p.id, p.name.clone());
                 }
+                if !report.attached.is_empty() || !report.detached.is_empty() {
+                    let over = self.probes.set_jit_ranges(&attrib.jit_ranges())?;
+                    if over > 0 {
+                        eprintln!(
+                            "skprof: {over} JIT images of stack-attributed programs do not fit \
+                             the table; their calls count as not traced"
+                        );
+                    }
+                }
                 self.probes.forget_slots(&report.freed_slots)?;
                 Ok(report.freed_slots)
             }
@@ -298,9 +332,16 @@ impl Session {
                     "\nAttributing calls to {} BPF programs that call the helpers",
                     a.programs().count()
                 );
+                let by_stack = a
+                    .programs()
+                    .filter(|p| p.method == crate::attrib::Method::Stack)
+                    .count();
+                if by_stack > 0 {
+                    s += &format!(" ({by_stack} by kernel stack: no per-run leak check)");
+                }
                 let untraceable = a.untraceable().len();
                 if untraceable > 0 {
-                    s += &format!(" ({untraceable} cannot be traced)");
+                    s += &format!(" ({untraceable} cannot be attributed)");
                 }
             }
             (None, Some(why)) => s += &format!("\nNo per-program attribution: {why}"),

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod error;
 pub mod kernel;
 pub mod model;
+pub mod tui;
 pub mod vm;
 pub mod workload;

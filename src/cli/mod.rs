@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod leaks;
 pub mod stat;
+pub mod top;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Print per-helper calls, hit ratio, latency percentiles and references
     /// every INTERVAL seconds, COUNT times.
     Stat(stat::StatArgs),
+    /// Interactive dashboard: calls/s, hit ratio, latency, references per
+    /// (program, helper), with drill-down histograms and history.
+    Top(top::TopArgs),
     /// List socket references acquired by traced lookups and not released
     /// after --older-than, grouped by program, helper and kernel stack, and
     /// every traced program run that ended holding one (exit code 5).
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check(a) => check::run(&a),
         Command::Stat(a) => stat::run(&a),
+        Command::Top(a) => top::run(a),
         Command::Leaks(a) => leaks::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),

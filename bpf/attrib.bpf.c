@@ -61,6 +61,8 @@ int BPF_PROG(prog_entry, __u64 pctx)
 			r->prog_slot = prog_slot;
 			r->prog_id = prog_id;
 			r->nr_acquired = 0;
+			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, prog_slot, 0, 0, 0,
+				     bpf_ktime_get_ns());
 			return 0;
 		}
 	}
@@ -117,6 +119,7 @@ int BPF_PROG(prog_exit, __u64 pctx)
 			bpf_ringbuf_submit(ev, 0);
 		}
 	}
+	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, bpf_ktime_get_ns());
 	r->ctx = 0;
 	return 0;
 }

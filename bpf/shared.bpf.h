@@ -77,4 +77,35 @@ static __always_inline struct skprof_run *find_run(struct skprof_runs *rs, __u64
 	return found;
 }
 
+/* Ledger trace switch; each object sets its own copy before load. */
+const volatile bool ledger_trace = false;
+
+/* Emits one ledger trace record; a full ring buffer is counted. */
+static __always_inline void trace_ledger(__u32 type, __u64 sk, __u64 run_id, __u32 prog_slot,
+					 __u32 helper, __u32 cls, __u32 flags, __u64 ts)
+{
+	struct skprof_counters *c;
+	struct skprof_trace *t;
+
+	if (!ledger_trace)
+		return;
+	t = bpf_ringbuf_reserve(&events, sizeof(*t), 0);
+	if (!t) {
+		c = get_counters();
+		if (c)
+			c->events_dropped++;
+		return;
+	}
+	t->type = type;
+	t->helper = helper;
+	t->sock_class = cls;
+	t->flags = flags;
+	t->ts = ts;
+	t->sk = sk;
+	t->run_id = run_id;
+	t->prog_slot = prog_slot;
+	t->cpu = bpf_get_smp_processor_id();
+	bpf_ringbuf_submit(t, 0);
+}
+
 #endif /* SKPROF_SHARED_BPF_H */

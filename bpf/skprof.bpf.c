@@ -127,12 +127,18 @@ const volatile struct skprof_layout skprof_layout = {
 	.hist_max_exp = SKPROF_HIST_MAX_EXP,
 	.hist_slots = SKPROF_HIST_SLOTS,
 	.ev_run_leak = SKPROF_EV_RUN_LEAK,
+	.ev_run_end = SKPROF_EV_RUN_END,
+	.tf_matched = SKPROF_TF_MATCHED,
 };
 
-/* Never read: brings the ring-buffer record type (written by attrib.bpf.c)
- * into this object's BTF, hence into the skeleton's generated types. */
+/* Never read: brings the ring-buffer record types (run leaks are written
+ * by attrib.bpf.c) into this object's BTF, hence into the skeleton's
+ * generated types. */
 const volatile struct skprof_event skprof_event_type_anchor = {
 	.type = SKPROF_EV_RUN_LEAK,
+};
+const volatile struct skprof_trace skprof_trace_type_anchor = {
+	.type = SKPROF_EV_ACQUIRE,
 };
 
 static __always_inline __u32 log2_u64(__u64 v)
@@ -435,8 +441,9 @@ static __always_inline void on_entry(void *tctx, __u32 helper, __u64 k1, __u64 k
 	slot->ts = bpf_ktime_get_ns();
 }
 
-/* Records an acquired reference in the ledger and in the calling run. */
-static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *call,
+/* Records an acquired reference in the ledger and in the calling run;
+ * false if the ledger could not (full). */
+static __always_inline bool ledger_acquire(void *tctx, struct inflight_slot *call,
 					   struct sock_common *skc, __u8 state,
 					   __u32 cls, __u64 now)
 {
@@ -453,7 +460,7 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 	if (!ref) {
 		ref = bpf_map_lookup_elem(&ref_scratch, &zero);
 		if (!ref)
-			return;
+			return false;
 		__builtin_memset(ref, 0, sizeof(*ref));
 		ref->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
 		ref->tuple_len = call->len > SKPROF_TUPLE_MAX ? SKPROF_TUPLE_MAX : call->len;
@@ -467,11 +474,11 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 			c = get_counters();
 			if (c)
 				c->ledger_full++;
-			return;
+			return false;
 		}
 		ref = bpf_map_lookup_elem(&ledger, &sk);
 		if (!ref)
-			return;
+			return false;
 	}
 	ref->sock_class = cls;
 	ref->state = state;
@@ -510,11 +517,12 @@ static __always_inline void ledger_acquire(void *tctx, struct inflight_slot *cal
 	hd->refcnt = BPF_CORE_READ(skc, skc_refcnt.refs.counter);
 
 	if (!run)
-		return;
+		return true;
 	n = run->nr_acquired;
 	if (n < SKPROF_RUN_REFS)
 		run->acquired[n] = sk;
 	run->nr_acquired = n + 1;
+	return true;
 }
 
 static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2, __u64 ret,
@@ -572,12 +580,18 @@ static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2
 			__u32 cls = sock_class(skc, state);
 
 			if (cls < SKPROF_NR_CLASSES) {
+				__u32 flags = 0;
+
 				h->hits[cls]++;
 				if (refcounted(skc, state)) {
 					h->acquired[cls]++;
-					if (ledger_on)
-						ledger_acquire(tctx, match, skc, state, cls, now);
+					flags = SKPROF_TF_REFCOUNTED;
+					if (ledger_on && ledger_acquire(tctx, match, skc, state, cls, now))
+						flags |= SKPROF_TF_RECORDED;
 				}
+				if (ledger_on)
+					trace_ledger(SKPROF_EV_ACQUIRE, ret, match->run_id,
+						     match->prog_slot, helper, cls, flags, now);
 			}
 		}
 	}
@@ -597,6 +611,7 @@ static __always_inline void on_release(__u64 sk)
 	struct skprof_ref *ref;
 	struct skprof_hist *h;
 	__u32 slot, held = 0;
+	__u64 now;
 	int i;
 	__u8 state;
 	__u32 cls;
@@ -605,6 +620,8 @@ static __always_inline void on_release(__u64 sk)
 		return;
 	if (!sk) {
 		c->release_null++;
+		if (ledger_on)
+			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, bpf_ktime_get_ns());
 		return;
 	}
 	state = BPF_CORE_READ(skc, skc_state);
@@ -613,6 +630,8 @@ static __always_inline void on_release(__u64 sk)
 		return;
 	if (!refcounted(skc, state)) {
 		c->release_noop[cls]++;
+		if (ledger_on)
+			trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, 0, bpf_ktime_get_ns());
 		return;
 	}
 	c->released[cls]++;
@@ -630,14 +649,18 @@ static __always_inline void on_release(__u64 sk)
 				held++;
 		}
 	}
+	now = bpf_ktime_get_ns();
 	if (!hd) {
 		c->release_unmatched[cls]++;
+		trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, SKPROF_TF_REFCOUNTED, now);
 		return;
 	}
 	slot = hd->prog_slot;
 	h = hist_of(&holds, &slot);
 	if (h)
-		hist_record(h, bpf_ktime_get_ns() - hd->acquired_ns);
+		hist_record(h, now - hd->acquired_ns);
+	trace_ledger(SKPROF_EV_RELEASE, sk, hd->run_id, slot, hd->helper, cls,
+		     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);
 	/* Last reference of the last holder: the socket leaves the ledger. */
 	if (__sync_fetch_and_add(&hd->count, -1) <= 1 && held <= 1)
 		bpf_map_delete_elem(&ledger, &sk);

@@ -121,6 +121,20 @@ struct skprof_counters {
 enum skprof_event_type {
 	/* A traced program run ended holding a reference it acquired. */
 	SKPROF_EV_RUN_LEAK = 1,
+	/* Ledger trace (--trace; struct skprof_trace): every step the ledger
+	 * takes, for user space to replay through its model of the ledger
+	 * (src/model/ledger_model.rs) and compare. */
+	SKPROF_EV_ACQUIRE,	/* a lookup hit (refcounted or not) */
+	SKPROF_EV_RELEASE,	/* bpf_sk_release() */
+	SKPROF_EV_RUN_START,	/* a traced program run began */
+	SKPROF_EV_RUN_END,	/* ... and ended (after its leak check) */
+};
+
+/* skprof_trace.flags (an enum so that the skeleton's types carry it) */
+enum skprof_trace_flag {
+	SKPROF_TF_REFCOUNTED = 1,	/* the socket takes a reference */
+	SKPROF_TF_RECORDED = 2,		/* acquire: the ledger holds it (not full) */
+	SKPROF_TF_MATCHED = 4,		/* release: closed a ledger holder */
 };
 
 /*
@@ -136,6 +150,8 @@ struct skprof_layout {
 	__u32 hist_max_exp;
 	__u32 hist_slots;
 	enum skprof_event_type ev_run_leak;
+	enum skprof_event_type ev_run_end;
+	enum skprof_trace_flag tf_matched;
 };
 
 
@@ -231,6 +247,21 @@ struct skprof_event {
 	__u64 sk;
 	__u64 ts;
 	struct skprof_ref ref;
+};
+
+/* Ring-buffer record of the ledger trace; starts with its type like every
+ * record. `prog_slot` is the acquirer (acquire, run start/end) or the
+ * holder a release closed (release, when matched). */
+struct skprof_trace {
+	__u32 type;		/* SKPROF_EV_ACQUIRE .. SKPROF_EV_RUN_END */
+	__u16 helper;		/* acquire: enum skprof_helper */
+	__u8 sock_class;	/* acquire, release: enum skprof_sock_class */
+	__u8 flags;		/* SKPROF_TF_* */
+	__u64 ts;		/* bpf_ktime_get_ns() */
+	__u64 sk;		/* socket (acquire, release; 0: NULL release) */
+	__u64 run_id;		/* acquiring run / the run (0: not traced) */
+	__u32 prog_slot;
+	__u32 cpu;
 };
 
 #endif /* SKPROF_H */

@@ -94,6 +94,7 @@ fn injected(kernel: &str) {
             "leaks",
             "--json",
             "--self-test",
+            "--stacks",
             "--older-than",
             "0",
             "--exit-on-leak",
@@ -168,7 +169,121 @@ fn injected(kernel: &str) {
             "{kernel}: the tc program took them: {g}"
         );
         assert!(u(&g["prog_id"]) > 0);
+        // --stacks: the symbolized stack starts at the helper (skprof's own
+        // probe frames trimmed) and goes through the calling program.
+        let stack: Vec<&str> = g["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kernel}: a stack: {g}"))
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let helper = g["helper"].as_str().unwrap();
+        assert!(
+            stack[0].starts_with(&format!("{helper}+")),
+            "{kernel}: {stack:?}"
+        );
+        assert!(
+            stack.iter().any(|f| f.contains("_wl_tc_lookup+")),
+            "{kernel}: {stack:?}"
+        );
     }
+}
+
+/// `skprof leaks --trace`: the kernel's ledger, replayed through the model,
+/// agrees with it step by step, for a balanced workload with two programs
+/// per helper (every family), and for the self-test with a ledger too small
+/// for its sockets (leaks and overflow). The counts are the workload's.
+fn trace_agrees(kernel: &str) {
+    let file = format!("/tmp/skprof-trace-{}-{kernel}.jsonl", std::process::id());
+    let (status, lines, stderr) = in_vm(
+        kernel,
+        &[
+            "leaks",
+            "--json",
+            "--trace",
+            &file,
+            "--workload",
+            "--workload-count",
+            "2",
+            "--workload-rounds",
+            "1",
+            "--workload-copies",
+            "2",
+        ],
+    );
+    assert_eq!(status, 0, "{kernel}: {stderr}");
+    let check = lines
+        .iter()
+        .find(|l| l["type"] == "trace_check")
+        .expect("trace_check line");
+    let expected = &lines
+        .iter()
+        .find(|l| l["type"] == "workload")
+        .expect("workload line")["expected"];
+    assert_eq!(check["agrees"], true, "{kernel}: {check}");
+    assert_eq!(check["quiescent"], true, "{kernel}: {check}");
+    let t = &check["tally"];
+    let acquired: u64 = expected["helpers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| u(&h["acquired"]))
+        .sum();
+    assert!(acquired > 0);
+    assert_eq!(u(&t["acquired"]), acquired, "{kernel}: {check}");
+    assert_eq!(u(&t["closed"]), acquired, "{kernel}: {check}");
+    assert_eq!(u(&t["noop"]), u(&expected["release"]["noop"]), "{kernel}");
+    assert_eq!((u(&t["unmatched"]), u(&t["run_leaks"])), (0, 0), "{kernel}");
+    let recorded = std::fs::read_to_string(&file).expect("the trace file");
+    let _ = std::fs::remove_file(&file);
+    // The file is what was checked: one record per event, after a header.
+    assert_eq!(
+        recorded.lines().filter(|l| l.starts_with('{')).count() as u64,
+        u(&t["events"])
+    );
+
+    let (status, lines, stderr) = in_vm(
+        kernel,
+        &[
+            "leaks",
+            "--json",
+            "--trace",
+            &file,
+            "--ledger-size",
+            "3",
+            "--self-test",
+            "--self-test-count",
+            "2",
+            "--older-than",
+            "0",
+            "--exit-on-leak",
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(status, 5, "{kernel}: leaks found: {stderr}");
+    let check = lines
+        .iter()
+        .find(|l| l["type"] == "trace_check")
+        .expect("trace_check line");
+    assert_eq!(check["agrees"], true, "{kernel}: {check}");
+    let t = &check["tally"];
+    assert!(
+        u(&t["ledger_full"]) > 0,
+        "{kernel}: the ledger overflowed: {check}"
+    );
+    assert_eq!(u(&t["closed"]), 0, "{kernel}: releases untraced");
+    // Every reference the ledger recorded leaked from its run.
+    assert_eq!(u(&t["run_leaks"]), u(&t["acquired"]), "{kernel}: {check}");
+}
+
+#[test]
+fn trace_agrees_6_1() {
+    trace_agrees("6.1");
+}
+
+#[test]
+fn trace_agrees_6_12() {
+    trace_agrees("6.12");
 }
 
 #[test]

@@ -166,6 +166,8 @@ pub struct Attributor {
     /// Only [`Method::Stack`]: program tracing is impossible (kprobe mode)
     /// or not wanted.
     stack_only: bool,
+    /// Trace runs into the ring buffer (`leaks --trace`).
+    trace: bool,
     slots: SlotAllocator,
     /// By program id.
     traced: BTreeMap<u32, TracedProgram>,
@@ -195,6 +197,7 @@ impl Attributor {
     pub fn new(max_progs: usize, stack_only: bool) -> Attributor {
         Attributor {
             stack_only,
+            trace: false,
             slots: SlotAllocator::new(max_progs, MAX_SLOT),
             traced: BTreeMap::new(),
             untraceable: Vec::new(),
@@ -203,6 +206,12 @@ impl Attributor {
             shared: None,
             resolver: Resolver::new(),
         }
+    }
+
+    /// Traces each run's start and end into the ring buffer (for programs
+    /// traced from now on): the ledger trace of `leaks --trace`.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
     }
 
     /// How many programs can be traced at once.
@@ -357,6 +366,7 @@ impl Attributor {
                         name: &s.name,
                         func: &func,
                         slot,
+                        trace: self.trace,
                     };
                     seam::attach(&target, maps).map_err(|e| format!("{e:#}"))
                 })

@@ -56,6 +56,8 @@ pub struct Target<'a> {
     /// Its main function's name in its BTF (the attach point).
     pub func: &'a str,
     pub slot: u32,
+    /// Trace run starts and ends into the ring buffer (`leaks --trace`).
+    pub trace: bool,
 }
 
 fn open_object(storage: &mut MaybeUninit<OpenObject>) -> Result<OpenAttribSkel<'_>> {
@@ -103,6 +105,7 @@ pub fn attach(t: &Target<'_>, maps: SharedMaps<'_>) -> Result<TargetLinks> {
             .ok_or_else(|| anyhow!("attrib.bpf.o has no .rodata"))?;
         ro.prog_slot = t.slot;
         ro.prog_id = t.id;
+        ro.ledger_trace = t.trace;
     }
     reuse_maps(&mut open, maps).with_context(|| format!("trace {what}"))?;
     open.progs.prog_refs.set_autoload(false);

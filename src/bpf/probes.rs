@@ -24,6 +24,7 @@ use crate::kernel::{KernelFunctions, RELEASE_FN};
 use crate::model::hist::{self, LogHist};
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
+use crate::model::ledger_model::LedgerEvent;
 use crate::model::snapshot::{Cell, CellKey, Counters, Snapshot};
 
 /// What the user asked for (`--probe-mode`).
@@ -117,6 +118,8 @@ unsafe impl Pod for types::skprof_ref {}
 // SAFETY: generated from `struct skprof_event` (integers and skprof_ref).
 unsafe impl Pod for types::skprof_event {}
 
+// SAFETY: generated from `struct skprof_trace` (integers only).
+unsafe impl Pod for types::skprof_trace {}
 // SAFETY: generated from `struct skprof_jit_table` (u32s and an array of
 // u64/u64/u32/u32 ranges).
 unsafe impl Pod for types::skprof_jit_table {}
@@ -172,6 +175,10 @@ pub struct ProbeOptions {
     pub max_series: u32,
     /// Record the kernel stack of each acquire (costly: a stack walk).
     pub ledger_stacks: bool,
+    /// Send every ledger step through the ring buffer (`leaks --trace`): a
+    /// record per hit and release, for debugging and for checking the
+    /// kernel's ledger against the model.
+    pub ledger_trace: bool,
 }
 
 impl Default for ProbeOptions {
@@ -181,8 +188,22 @@ impl Default for ProbeOptions {
             ledger_size: 65_536,
             max_series: 4096,
             ledger_stacks: false,
+            ledger_trace: false,
         }
     }
+}
+
+/// Ring-buffer size with `ledger_trace`: room for about 300k records
+/// between two reads (48 bytes each, plus an 8-byte header).
+const TRACE_RINGBUF_BYTES: u32 = 16 << 20;
+
+/// What the ring buffer delivered since the last read.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub run_leaks: Vec<RunLeak>,
+    /// With `ledger_trace`: every ledger step, run leaks included, in ring
+    /// order.
+    pub trace: Vec<LedgerEvent>,
 }
 
 /// Loaded and attached probes.
@@ -305,6 +326,13 @@ impl Probes {
             .ok_or_else(|| anyhow!("skprof.bpf.o has no .rodata"))?;
         rodata.ledger_on = opts.ledger;
         rodata.ledger_stacks = opts.ledger_stacks;
+        rodata.ledger_trace = opts.ledger_trace && opts.ledger;
+        if rodata.ledger_trace {
+            open.maps
+                .events
+                .set_max_entries(TRACE_RINGBUF_BYTES)
+                .context("size the events ring buffer for --trace")?;
+        }
         for mut prog in open.open_object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             let wanted = split_prog_name(&name)
@@ -469,8 +497,35 @@ impl Probes {
         Ok(out)
     }
 
+    /// The frames of kernel stack `id` (from `--stacks`), innermost first;
+    /// empty if the id is unknown (a stack map entry can be replaced).
+    pub fn read_stack(&self, id: i32) -> Result<Vec<u64>> {
+        let Ok(id) = u32::try_from(id) else {
+            return Ok(Vec::new());
+        };
+        let Some(bytes) = self
+            .skel
+            .maps
+            .stacks
+            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+            .context("read map stacks")?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .take_while(|&ip| ip != 0)
+            .collect())
+    }
+
     /// Leak events delivered since the last call.
     pub fn take_run_leaks(&self) -> Result<Vec<RunLeak>> {
+        Ok(self.take_events()?.run_leaks)
+    }
+
+    /// Everything the ring buffer delivered since the last call.
+    pub fn take_events(&self) -> Result<Events> {
         self.events
             .consume()
             .context("read the events ring buffer")?;
@@ -479,18 +534,31 @@ impl Probes {
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();
-        let mut out = Vec::with_capacity(raw.len());
+        let mut out = Events::default();
         for bytes in raw {
-            let ev: types::skprof_event = read_pod(&bytes)?;
-            if ev.r#type == types::skprof_event_type::SKPROF_EV_RUN_LEAK.0 {
+            let Some(ty) = bytes.get(..4) else {
+                continue;
+            };
+            let ty = u32::from_ne_bytes(ty.try_into().expect("4 bytes"));
+            if ty == types::skprof_event_type::SKPROF_EV_RUN_LEAK.0 {
+                let ev: types::skprof_event = read_pod(&bytes)?;
                 let holder = (ev.holder as usize).min(ev.r#ref.h.len() - 1);
+                let h = &ev.r#ref.h[holder];
+                out.trace.push(LedgerEvent::RunLeak {
+                    ts: ev.ts,
+                    sk: ev.sk,
+                    run: h.run_id,
+                    slot: h.prog_slot,
+                });
                 let reference = outstanding(ev.sk, &ev.r#ref, holder);
-                out.push(RunLeak {
+                out.run_leaks.push(RunLeak {
                     ts_ns: ev.ts,
                     prog_id: reference.prog_id,
                     prog_name: String::new(),
                     reference,
                 });
+            } else if let Some(ev) = trace_event(&read_pod(&bytes)?) {
+                out.trace.push(ev);
             }
         }
         Ok(out)
@@ -653,6 +721,44 @@ fn outstanding(sk: u64, r: &types::skprof_ref, i: usize) -> OutstandingRef {
         refcnt: h.refcnt,
         stack_id: h.stack_id,
     }
+}
+
+/// A ledger trace record as the model's event; None for unknown types.
+fn trace_event(t: &types::skprof_trace) -> Option<LedgerEvent> {
+    use types::skprof_event_type as T;
+    let class = SockClass::ALL
+        .get(t.sock_class as usize)
+        .copied()
+        .unwrap_or(SockClass::Other);
+    use types::skprof_trace_flag as F;
+    let flag = |f: F| u32::from(t.flags) & f.0 != 0;
+    let (ts, cpu, sk, run, slot) = (t.ts, t.cpu, t.sk, t.run_id, t.prog_slot);
+    Some(match t.r#type {
+        x if x == T::SKPROF_EV_ACQUIRE.0 => LedgerEvent::Acquire {
+            ts,
+            cpu,
+            sk,
+            run,
+            slot,
+            helper: Helper::from_index(t.helper as usize)?,
+            class,
+            refcounted: flag(F::SKPROF_TF_REFCOUNTED),
+            recorded: flag(F::SKPROF_TF_RECORDED),
+        },
+        x if x == T::SKPROF_EV_RELEASE.0 => LedgerEvent::Release {
+            ts,
+            cpu,
+            sk,
+            class,
+            refcounted: flag(F::SKPROF_TF_REFCOUNTED),
+            matched: flag(F::SKPROF_TF_MATCHED),
+            slot,
+            run,
+        },
+        x if x == T::SKPROF_EV_RUN_START.0 => LedgerEvent::RunStart { ts, cpu, run, slot },
+        x if x == T::SKPROF_EV_RUN_END.0 => LedgerEvent::RunEnd { ts, cpu, run, slot },
+        _ => return None,
+    })
 }
 
 /// Sums one histogram's per-CPU values; `extra` sees each CPU's value for

@@ -14,7 +14,10 @@ use serde::Serialize;
 use super::{Session, WorkloadRunner};
 use crate::bpf::probes::monotonic_ns;
 use crate::error::SkprofError;
+use crate::ksyms::Ksyms;
+use crate::model::ids::Helper;
 use crate::model::ledger::{state_name, LeakReport};
+use crate::model::ledger_model::{Finding, LedgerEvent, LedgerModel, ModelTally};
 
 #[derive(Debug, clap::Args)]
 pub struct LeaksArgs {
@@ -44,6 +47,14 @@ pub struct LeaksArgs {
     /// Lookups per case for --self-test.
     #[arg(long, default_value_t = 10, requires = "self_test")]
     pub self_test_count: u64,
+    /// Record every ledger step (each hit, release, traced run start and
+    /// end, run leak) to FILE as JSON lines, replay them through skprof's
+    /// model of the ledger as they come, and at the end say whether the
+    /// kernel's verdicts and its outstanding references agree with the
+    /// model's (exit code 1 if not). A ring-buffer record per hit and
+    /// release: for debugging and testing, not for a busy host.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub session: super::SessionArgs,
 }
@@ -102,6 +113,9 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
         for tuple in &g.tuples {
             t += &format!("{:>24} {tuple}\n", "");
         }
+        for frame in &g.stack {
+            t += &format!("{:>24}   {frame}\n", "");
+        }
     }
     // Identical run leaks (the same program leaking the same socket run
     // after run) are shown once, with a count.
@@ -135,7 +149,11 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
 pub fn run(args: &LeaksArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
-    let mut session = Session::start(&args.session)?;
+    let mut session = Session::start_traced(&args.session, args.trace.is_some())?;
+    let mut tracer = match &args.trace {
+        Some(path) => Some(Tracer::create(path, &session, args.session.ledger_size)?),
+        None => None,
+    };
     let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let mut out = std::io::stdout().lock();
     if !args.json {
@@ -165,10 +183,24 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         let workload_done = workload.as_ref().is_some_and(|w| w.finished());
         session.refresh_programs()?;
         let refs = session.probes.read_ledger()?;
-        let run_leaks = session.probes.take_run_leaks()?;
-        let report = LeakReport::build(&refs, run_leaks, monotonic_ns(), older_than_ns, &|id| {
-            session.program_name(id)
-        });
+        let events = session.probes.take_events()?;
+        if let Some(t) = tracer.as_mut() {
+            t.feed(&events.trace)?;
+        }
+        let run_leaks = events.run_leaks;
+        let mut report =
+            LeakReport::build(&refs, run_leaks, monotonic_ns(), older_than_ns, &|id| {
+                session.program_name(id)
+            });
+        // Read per report, only when there are stacks to name: BPF programs
+        // come and go, and their JIT images are named in kallsyms too.
+        if report.groups.iter().any(|g| g.stack_id >= 0) {
+            let ksyms = Ksyms::load()?;
+            report.symbolize(&|id| {
+                let frames = session.probes.read_stack(id).unwrap_or_default();
+                trim_probe_frames(frames.iter().map(|&ip| ksyms.resolve(ip)).collect())
+            });
+        }
         let elapsed_s = started.elapsed().as_secs_f64();
         let unmatched_releases = session
             .probes
@@ -204,6 +236,9 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     if let Some(w) = workload.take() {
         w.finish(&session, args.json, &mut out)?;
     }
+    if let Some(t) = tracer.take() {
+        t.finish(&session, args.json, &mut out)?;
+    }
     if leaked {
         return Err(SkprofError::Leaks(
             "socket references outstanding past --older-than, or a run ended holding one".into(),
@@ -211,6 +246,195 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Drops the innermost frames that are skprof's own: the stack is taken in
+/// the helper's exit probe, so it starts in that probe and its trampoline,
+/// then the helper.
+fn trim_probe_frames(mut frames: Vec<String>) -> Vec<String> {
+    let ours = |f: &str| {
+        f.starts_with("bpf_trampoline_")
+            || (f.starts_with("bpf_prog_")
+                && [
+                    "_fexit_bpf_",
+                    "_kretprobe_bpf_",
+                    "_fentry_bpf_",
+                    "_kprobe_bpf_",
+                ]
+                .iter()
+                .any(|p| f.contains(p)))
+    };
+    let n = frames.iter().take_while(|f| ours(f)).count();
+    frames.drain(..n);
+    frames
+}
+
+/// `--trace`: writes the ledger's steps as JSON lines and replays them
+/// through the model.
+struct Tracer {
+    path: std::path::PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    model: LedgerModel,
+    disagreements: Vec<String>,
+    dropped_at_start: u64,
+}
+
+#[derive(Serialize)]
+struct TraceCheck<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    file: String,
+    /// Records the ring buffer could not take: the stream is incomplete.
+    lost: u64,
+    /// Whether the final comparison of outstanding references was made
+    /// (ledger steps still arriving make it meaningless).
+    quiescent: bool,
+    agrees: bool,
+    tally: &'a ModelTally,
+    disagreements: &'a [String],
+}
+
+/// Disagreements shown (all are counted).
+const DISAGREEMENTS_SHOWN: usize = 20;
+
+impl Tracer {
+    fn create(path: &std::path::Path, session: &Session, ledger_size: u32) -> Result<Tracer> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("create trace file {}", path.display()))?;
+        let mut file = std::io::BufWriter::new(file);
+        writeln!(
+            file,
+            "# skprof ledger trace v1: kernel {}, {:?} probes, ledger_size {ledger_size}",
+            session.kernel,
+            session.probes.kind()
+        )
+        .with_context(|| format!("write {}", path.display()))?;
+        Ok(Tracer {
+            path: path.to_path_buf(),
+            file,
+            model: LedgerModel::new(ledger_size as usize),
+            disagreements: Vec::new(),
+            dropped_at_start: session.probes.read()?.counters.events_dropped,
+        })
+    }
+
+    fn feed(&mut self, events: &[LedgerEvent]) -> Result<()> {
+        for ev in events {
+            serde_json::to_writer(&mut self.file, ev).context("encode a trace record")?;
+            writeln!(self.file).with_context(|| format!("write {}", self.path.display()))?;
+            for f in self.model.apply(ev) {
+                if let Finding::Disagree(d) = f {
+                    self.disagreements.push(d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the ring buffer, compares the model's outstanding references
+    /// with the kernel's ledger, and reports.
+    fn finish(mut self, session: &Session, json: bool, out: &mut impl Write) -> Result<()> {
+        self.feed(&session.probes.take_events()?.trace)?;
+        let kernel = session.probes.read_ledger()?;
+        let late = session.probes.take_events()?.trace;
+        let quiescent = late.is_empty();
+        self.feed(&late)?;
+        self.file
+            .flush()
+            .with_context(|| format!("write {}", self.path.display()))?;
+        let lost = session
+            .probes
+            .read()?
+            .counters
+            .events_dropped
+            .saturating_sub(self.dropped_at_start);
+        if quiescent && lost == 0 {
+            let mut k: Vec<(u64, Helper, u32, u64)> = kernel
+                .iter()
+                .map(|r| (r.sk, r.helper, r.count, r.acquired_ns))
+                .collect();
+            let mut m: Vec<(u64, Helper, u32, u64)> = self
+                .model
+                .outstanding()
+                .iter()
+                .map(|r| (r.sk, r.holder.helper, r.holder.count, r.holder.acquired_ns))
+                .collect();
+            k.sort_unstable();
+            m.sort_unstable();
+            if k != m {
+                self.disagreements.push(format!(
+                    "outstanding references: kernel ledger has {} holders, model {} \
+                     (first differing: kernel {:x?}, model {:x?})",
+                    k.len(),
+                    m.len(),
+                    k.iter().find(|x| !m.contains(x)),
+                    m.iter().find(|x| !k.contains(x)),
+                ));
+            }
+        }
+        let agrees = self.disagreements.is_empty() && lost == 0;
+        let shown = &self.disagreements[..self.disagreements.len().min(DISAGREEMENTS_SHOWN)];
+        if json {
+            let check = TraceCheck {
+                kind: "trace_check",
+                file: self.path.display().to_string(),
+                lost,
+                quiescent,
+                agrees,
+                tally: &self.model.tally,
+                disagreements: shown,
+            };
+            serde_json::to_writer(&mut *out, &check).context("write JSON")?;
+            writeln!(out).context("write to stdout")?;
+        } else {
+            let t = &self.model.tally;
+            writeln!(
+                out,
+                "ledger trace: {} records in {}; model: {} acquired, {} closed, {} not \
+                 refcounted, {} no-op, {} NULL, {} unmatched, {} ledger full, {} runs, {} run \
+                 leaks",
+                t.events,
+                self.path.display(),
+                t.acquired,
+                t.closed,
+                t.not_refcounted,
+                t.noop,
+                t.null,
+                t.unmatched,
+                t.ledger_full,
+                t.runs,
+                t.run_leaks
+            )
+            .context("write to stdout")?;
+            for d in shown {
+                writeln!(out, "DISAGREES: {d}").context("write to stdout")?;
+            }
+            if lost > 0 {
+                writeln!(
+                    out,
+                    "trace incomplete: {lost} records lost to a full ring buffer"
+                )
+                .context("write to stdout")?;
+            } else if !quiescent {
+                writeln!(
+                    out,
+                    "ledger still changing at exit: outstanding references not compared"
+                )
+                .context("write to stdout")?;
+            } else if agrees {
+                writeln!(out, "the kernel's ledger agrees with the model")
+                    .context("write to stdout")?;
+            }
+        }
+        if !agrees {
+            anyhow::bail!(
+                "ledger trace {}: {} disagreements with the model, {lost} records lost",
+                self.path.display(),
+                self.disagreements.len()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `--self-test`: one round of the workload's tc cases with releases
@@ -256,6 +480,21 @@ fn self_test(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_frames_are_trimmed_up_to_the_helper() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let stack = f(&[
+            "bpf_prog_4fc29c01a4aee229_fexit_bpf_tc_sk_lookup_tcp+0xcdc [bpf]",
+            "bpf_trampoline_6442544087+0xc4 [bpf]",
+            "bpf_tc_sk_lookup_tcp+0x9",
+            "bpf_prog_10ac376ec6e46040_wl_tc_lookup+0x1b4 [bpf]",
+            "bpf_trampoline_154618822674+0x71 [bpf]",
+        ]);
+        assert_eq!(trim_probe_frames(stack.clone()), stack[2..].to_vec());
+        let kprobe = f(&["bpf_tc_sk_lookup_tcp+0x0", "bpf_prog_1_x+0x10 [bpf]"]);
+        assert_eq!(trim_probe_frames(kprobe.clone()), kprobe);
+    }
     use crate::model::ids::{Helper, SockClass};
     use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
 

@@ -133,6 +133,10 @@ pub struct LeakGroup {
     pub prog_name: String,
     pub helper: &'static str,
     pub stack_id: i32,
+    /// The kernel stack of `stack_id`, innermost frame first, symbolized
+    /// (with `--stacks`; see [`LeakReport::symbolize`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
     /// Sockets in the group, and references they hold.
     pub sockets: u64,
     pub references: u64,
@@ -180,6 +184,17 @@ pub struct LeakReport {
 }
 
 impl LeakReport {
+    /// Names each group's kernel stack: `frames` gives a stack id's frames
+    /// (empty when the id is negative, i.e. no stack was taken, or the
+    /// stack is gone).
+    pub fn symbolize(&mut self, frames: &dyn Fn(i32) -> Vec<String>) {
+        for g in &mut self.groups {
+            if g.stack_id >= 0 {
+                g.stack = frames(g.stack_id);
+            }
+        }
+    }
+
     pub fn has_leaks(&self) -> bool {
         self.leaked_references > 0 || !self.run_leaks.is_empty()
     }
@@ -239,6 +254,7 @@ impl LeakReport {
                 prog_name: name(prog_id),
                 helper: helper.function(),
                 stack_id,
+                stack: Vec::new(),
                 sockets: a.sockets,
                 references: a.references,
                 oldest_age_ms: a.oldest as f64 / 1e6,
@@ -392,6 +408,15 @@ mod tests {
         assert_eq!(rep.groups[2].states, vec!["time_wait TIME_WAIT (1)"]);
         assert_eq!(rep.run_leaks.len(), 1);
         assert_eq!(rep.run_leaks[0].prog_name, "prog12");
+
+        // Stacks are named per group; a missing stack (negative id) stays
+        // empty.
+        let mut rep = rep;
+        rep.groups[2].stack_id = -14;
+        rep.symbolize(&|id| vec![format!("frame-of-{id}"), "caller".into()]);
+        assert_eq!(rep.groups[0].stack, vec!["frame-of-7", "caller"]);
+        assert_eq!(rep.groups[1].stack, vec!["frame-of-9", "caller"]);
+        assert!(rep.groups[2].stack.is_empty());
     }
 
     #[test]

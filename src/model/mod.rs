@@ -3,4 +3,5 @@
 pub mod hist;
 pub mod ids;
 pub mod ledger;
+pub mod ledger_model;
 pub mod snapshot;

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cli;
 pub mod error;
 pub mod kernel;
+pub mod ksyms;
 pub mod model;
 pub mod tui;
 pub mod vm;

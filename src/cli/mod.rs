@@ -217,6 +217,12 @@ impl Session {
             ledger: !args.no_ledger,
             ledger_size: args.ledger_size,
             max_series: args.max_series,
+        Session::start_traced(args, false)
+    }
+
+    /// With `ledger_trace`, every ledger step goes through the ring buffer
+    /// (`leaks --trace`).
+    pub fn start_traced(args: &SessionArgs, ledger_trace: bool) -> Result<Session> {
             ledger_stacks: args.stacks,
         };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
@@ -230,15 +236,15 @@ impl Session {
                         .into(),
                 )
                 .into())
+            ledger_trace,
             }
             // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
-            by => (
-                Some(Attributor::new(
-                    args.max_programs as usize,
-                    kprobes || by == AttributeBy::Stack,
-                )),
-                None,
-            ),
+            by => {
+                let mut a =
+                    Attributor::new(args.max_programs as usize, kprobes || by == AttributeBy::Stack);
+                a.set_trace(ledger_trace);
+                (Some(a), None)
+            }
         };
         let mut session = Session {
             funcs,

@@ -8,6 +8,7 @@
 //!      or it lacks BTF / the helper functions
 //!   4  insufficient privileges (needs root, or CAP_BPF + CAP_PERFMON)
 //!   5  `skprof leaks` found leaked socket references
+//!   6  `skprof report --compare --max-regression`: a p99 regressed
 
 use thiserror::Error;
 
@@ -17,6 +18,7 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CANNOT_TRACE: i32 = 3;
 pub const EXIT_PRIVILEGES: i32 = 4;
 pub const EXIT_LEAKS: i32 = 5;
+pub const EXIT_REGRESSION: i32 = 6;
 
 /// Help text listing the exit codes, shown by `skprof --help`.
 pub const EXIT_CODES_HELP: &str = "Exit codes:
@@ -27,7 +29,9 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
      BTF / helper functions); `skprof check` shows why
   4  insufficient privileges (run as root, or with CAP_BPF + CAP_PERFMON)
   5  skprof leaks: socket references leaked (outstanding past --older-than,
-     or a traced program run ended holding one)";
+     or a traced program run ended holding one)
+  6  skprof report --compare: a p99 latency grew by more than
+     --max-regression";
 
 /// Errors with their own exit code. Anything else exits with 1.
 #[derive(Debug, Error)]
@@ -40,6 +44,8 @@ pub enum SkprofError {
     Usage(String),
     #[error("leaks found: {0}")]
     Leaks(String),
+    #[error("p99 regression: {0}")]
+    Regression(String),
 }
 
 impl SkprofError {
@@ -49,6 +55,7 @@ impl SkprofError {
             SkprofError::Privileges(_) => EXIT_PRIVILEGES,
             SkprofError::Usage(_) => EXIT_USAGE,
             SkprofError::Leaks(_) => EXIT_LEAKS,
+            SkprofError::Regression(_) => EXIT_REGRESSION,
         }
     }
 }

@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod check;
 pub mod leaks;
+pub mod record;
+pub mod report;
 pub mod stat;
 pub mod top;
 
@@ -48,7 +50,8 @@ pub enum Command {
     /// every INTERVAL seconds, COUNT times.
     Stat(stat::StatArgs),
     /// Interactive dashboard: calls/s, hit ratio, latency, references per
-    /// (program, helper), with drill-down histograms and history.
+    /// (program, helper), with drill-down histograms and history; live, or
+    /// from a recording (--replay).
     Top(top::TopArgs),
     /// List socket references acquired by traced lookups and not released
     /// after --older-than, grouped by program, helper and kernel stack, and
@@ -57,6 +60,13 @@ pub enum Command {
     /// Measure what tracing costs per program run: the workload's tc program
     /// with no tracer, with the helper probes, and with attribution too.
     Bench(bench::BenchArgs),
+    /// Record what `stat` measures (every histogram and counter per
+    /// program, helper and outcome, each interval) and leak events to a
+    /// file, for `skprof report`.
+    Record(record::RecordArgs),
+    /// Summarize a recording as Markdown, JSON or CSV, or compare two
+    /// (--compare BASE NEW, exit code 6 on a p99 regression).
+    Report(report::ReportArgs),
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.
     Workload(WorkloadArgs),
@@ -71,6 +81,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Leaks(a) => leaks::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),
+        Command::Record(a) => record::run(&a),
+        Command::Report(a) => report::run(&a),
     }
 }
 
@@ -205,6 +217,12 @@ pub struct Session {
 
 impl Session {
     pub fn start(args: &SessionArgs) -> Result<Session> {
+        Session::start_traced(args, false)
+    }
+
+    /// With `ledger_trace`, every ledger step goes through the ring buffer
+    /// (`leaks --trace`).
+    pub fn start_traced(args: &SessionArgs, ledger_trace: bool) -> Result<Session> {
         let privs = Privileges::current();
         if !privs.sufficient() {
             return Err(SkprofError::Privileges(
@@ -217,13 +235,8 @@ impl Session {
             ledger: !args.no_ledger,
             ledger_size: args.ledger_size,
             max_series: args.max_series,
-        Session::start_traced(args, false)
-    }
-
-    /// With `ledger_trace`, every ledger step goes through the ring buffer
-    /// (`leaks --trace`).
-    pub fn start_traced(args: &SessionArgs, ledger_trace: bool) -> Result<Session> {
             ledger_stacks: args.stacks,
+            ledger_trace,
         };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
         let kprobes = probes.kind() != ProbeKind::Fentry;
@@ -236,7 +249,6 @@ impl Session {
                         .into(),
                 )
                 .into())
-            ledger_trace,
             }
             // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
             by => {
@@ -448,16 +460,20 @@ impl WorkloadRunner {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// Stops the workload and returns what it did.
+    pub fn join(self) -> Result<crate::workload::Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| anyhow!("the workload thread panicked"))?
+            .context("built-in workload")
+    }
+
     /// Stops the workload and reports what it did: in JSON mode one line
     /// `{"type":"workload","expected":...}` with its exact counts per helper
     /// function, for comparison with the probes' figures.
     pub fn finish(self, session: &Session, json: bool, out: &mut impl Write) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        let tally = self
-            .handle
-            .join()
-            .map_err(|_| anyhow!("the workload thread panicked"))?
-            .context("built-in workload")?;
+        let tally = self.join()?;
         let expected = tally.by_helper(session.funcs.has_tc_variants());
         if json {
             let line = serde_json::json!({"type": "workload", "expected": expected});

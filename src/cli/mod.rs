@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod export;
 pub mod leaks;
 pub mod record;
 pub mod report;
@@ -70,6 +71,10 @@ pub enum Command {
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.
     Workload(WorkloadArgs),
+    /// Serve the measurements as Prometheus/OpenMetrics metrics on
+    /// /metrics (a daemon: loopback by default, structured logs, SIGHUP
+    /// rescans the programs).
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -81,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Leaks(a) => leaks::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),
+        Command::Export(a) => export::run(&a),
         Command::Record(a) => record::run(&a),
         Command::Report(a) => report::run(&a),
     }

@@ -1,0 +1,189 @@
+//! Structured log lines for the daemons (`skprof export`): one line per
+//! event on stderr, `key=value` text (logfmt) or JSON (`--log-format`), so
+//! journald and log shippers can parse them.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `ts=... level=info msg="..." key=value`
+    Text,
+    /// One JSON object per line: `ts`, `level`, `msg`, then the fields.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds, from ms since the epoch.
+pub fn rfc3339_ms(unix_ms: u128) -> String {
+    let secs = (unix_ms / 1000) as i64;
+    let ms = (unix_ms % 1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// One log line (without the newline).
+pub fn format_line(
+    format: LogFormat,
+    unix_ms: u128,
+    level: Level,
+    msg: &str,
+    fields: &[(&str, String)],
+) -> String {
+    let ts = rfc3339_ms(unix_ms);
+    match format {
+        LogFormat::Json => {
+            let mut m = serde_json::Map::new();
+            m.insert("ts".into(), ts.into());
+            m.insert("level".into(), level.name().into());
+            m.insert("msg".into(), msg.into());
+            for (k, v) in fields {
+                m.insert((*k).into(), v.clone().into());
+            }
+            serde_json::Value::Object(m).to_string()
+        }
+        LogFormat::Text => {
+            let mut s = format!("ts={ts} level={} msg={}", level.name(), logfmt_value(msg));
+            for (k, v) in fields {
+                s += &format!(" {k}={}", logfmt_value(v));
+            }
+            s
+        }
+    }
+}
+
+/// A logfmt value: bare when it has no space, quote, `=` or control
+/// character, else quoted with those escaped.
+fn logfmt_value(v: &str) -> String {
+    let bare = !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control());
+    if bare {
+        return v.to_string();
+    }
+    let mut s = String::from("\"");
+    for c in v.chars() {
+        match c {
+            '"' => s += "\\\"",
+            '\\' => s += "\\\\",
+            '\n' => s += "\\n",
+            c if c.is_control() => s += &format!("\\u{{{:x}}}", c as u32),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// Writes log lines to stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Logger {
+    pub format: LogFormat,
+}
+
+impl Logger {
+    pub fn log(&self, level: Level, msg: &str, fields: &[(&str, String)]) {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let line = format_line(self.format, ms, level, msg, fields);
+        // A closed stderr must not stop the daemon: the line is lost.
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    pub fn info(&self, msg: &str, fields: &[(&str, String)]) {
+        self.log(Level::Info, msg, fields);
+    }
+
+    pub fn warn(&self, msg: &str, fields: &[(&str, String)]) {
+        self.log(Level::Warn, msg, fields);
+    }
+
+    pub fn error(&self, msg: &str, fields: &[(&str, String)]) {
+        self.log(Level::Error, msg, fields);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29 12:34:56.789 (a leap day).
+        assert_eq!(rfc3339_ms(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn text_lines_are_logfmt() {
+        let l = format_line(
+            LogFormat::Text,
+            0,
+            Level::Warn,
+            "listening on a non-loopback address",
+            &[
+                ("addr", "0.0.0.0:9435".into()),
+                ("why", "say \"hi\"\n".into()),
+                ("empty", String::new()),
+            ],
+        );
+        assert_eq!(
+            l,
+            "ts=1970-01-01T00:00:00.000Z level=warn msg=\"listening on a non-loopback address\" \
+             addr=0.0.0.0:9435 why=\"say \\\"hi\\\"\\n\" empty=\"\""
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_back() {
+        let l = format_line(
+            LogFormat::Json,
+            1000,
+            Level::Info,
+            "rescan",
+            &[("programs", "3".into())],
+        );
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["msg"], "rescan");
+        assert_eq!(v["programs"], "3");
+    }
+}

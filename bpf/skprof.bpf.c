@@ -113,6 +113,16 @@ struct {
 	__type(value, __u32);
 } jit_active SEC(".maps");
 
+/*
+ * Written by user space through the mmapped .bss while the probes run:
+ * whether any program is traced (so the run table is worth searching) and
+ * whether the JIT table lists any program (so a stack is worth taking).
+ * Plain loads, where the map lookups they guard are helper calls: without
+ * attribution the hot path does neither.
+ */
+volatile __u32 runs_in_use;
+volatile __u32 jit_in_use;
+
 /* Whether to keep the reference ledger on acquire/release. */
 const volatile bool ledger_on = true;
 /* Whether to record the kernel stack of each acquire: a stack walk per new
@@ -352,6 +362,8 @@ static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 	long n;
 	int i;
 
+	if (!jit_in_use)
+		return NULL;
 	active = bpf_map_lookup_elem(&jit_active, &zero);
 	if (!active)
 		return NULL;
@@ -423,7 +435,7 @@ static __always_inline void on_entry(void *tctx, __u32 helper, __u64 k1, __u64 k
 	slot->run_id = 0;
 	/* The calling program, if traced: its run is recorded under the same
 	 * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern). */
-	rs = get_runs();
+	rs = runs_in_use ? get_runs() : NULL;
 	run = rs ? find_run(rs, pctx, 0) : NULL;
 	if (run) {
 		slot->prog_slot = run->prog_slot;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use skprof::attrib::{attach::NOT_BY_LINK, Attachment, Attributor, TracedProgram};
+use skprof::attrib::{attach::NOT_BY_LINK, Attachment, Attributor, Method, TracedProgram};
 use skprof::bpf::probes::{ProbeMode, ProbeOptions, Probes};
 use skprof::kernel::KernelFunctions;
 use skprof::model::ids::{Family, Helper, Proto};
@@ -166,8 +166,9 @@ fn guest() {
     let no_btf = load_btf_less_lookup();
     let t_setup = t_start.elapsed();
 
-    // Capacity: two slots for four programs; dropping the attributor
-    // detaches (the programs live on: the workload holds them).
+    // Capacity: two slots for five programs (the workload's four and the
+    // BTF-less one, attributed by stack); dropping the attributor detaches
+    // (the programs live on: the workload holds them).
     {
         let mut small = Attributor::new(2, false);
         let r = small
@@ -175,8 +176,8 @@ fn guest() {
             .expect("rescan (2 slots)");
         assert_eq!(small.capacity(), 2);
         assert_eq!(r.attached.len(), 2, "{r:?}");
-        assert_eq!(r.over_capacity, 2, "{r:?}");
-        assert_eq!(small.over_capacity(), 2);
+        assert_eq!(r.over_capacity, 3, "{r:?}");
+        assert_eq!(small.over_capacity(), 3);
     }
 
     let mut at = Attributor::new(16, false);
@@ -198,8 +199,12 @@ fn guest() {
     assert!(r1.warnings.is_empty(), "{:?}", r1.warnings);
     assert_eq!(r1.over_capacity, 0);
 
-    // Exactly the workload's programs, with the right helpers.
-    let names: Vec<&str> = at.programs().map(|p| p.name.as_str()).collect();
+    // Exactly the workload's programs traced, with the right helpers.
+    let names: Vec<&str> = at
+        .programs()
+        .filter(|p| p.method == Method::Trace)
+        .map(|p| p.name.as_str())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(
@@ -256,20 +261,27 @@ fn guest() {
         }
     }
     let slots: BTreeSet<u32> = at.programs().map(|p| p.slot).collect();
-    assert_eq!(slots.len(), 4, "distinct slots");
+    assert_eq!(slots.len(), 5, "distinct slots");
 
-    // The BTF-less program is found, and reported as untraceable.
-    let [(s, why)] = at.untraceable() else {
-        panic!("untraceable: {:?}", at.untraceable());
-    };
-    assert_eq!(s.name, "skprof_no_btf");
+    // The BTF-less program cannot be traced: it is attributed by kernel
+    // stack instead, with its JIT image listed, and the reason kept.
+    assert!(at.untraceable().is_empty(), "{:?}", at.untraceable());
+    let s = by_name("skprof_no_btf");
+    assert_eq!(s.method, Method::Stack);
     assert_eq!(s.prog_type, "sched_cls");
     assert_eq!(
         s.helpers,
         vec![Helper::for_call(Family::Tc, Proto::Tcp, has_tc)]
     );
     assert!(s.calls_sk_release);
+    let why = s.fallback.as_deref().unwrap_or_default();
     assert!(why.contains("no BTF"), "{why}");
+    assert!(!s.jit.is_empty(), "a JIT image to match stacks against");
+    let ranges = at.jit_ranges();
+    assert!(
+        !ranges.is_empty() && ranges.iter().all(|r| r.prog_id == s.id && r.slot == s.slot),
+        "only the stack-attributed program is in the JIT table: {ranges:?}"
+    );
     let no_btf_id = s.id;
 
     // A second rescan changes nothing and never re-attaches.
@@ -320,6 +332,7 @@ fn guest() {
     // Drop the workload and the BTF-less program: the next rescan detaches,
     // frees the slots, and the kernel then frees the programs.
     let ids: BTreeSet<u32> = at.programs().map(|p| p.id).collect();
+    assert!(ids.contains(&no_btf_id));
     drop(wl);
     drop(no_btf);
     let t2 = Instant::now();

@@ -1,6 +1,7 @@
 //! The BPF seam: the only place that touches libbpf objects and raw map
 //! bytes. Everything above it works with `crate::model` types.
 
+pub mod floor;
 pub mod probes;
 
 /// The generated skeleton of `bpf/skprof.bpf.c`.

@@ -132,6 +132,10 @@ unsafe trait Bytes: Pod {}
 // SAFETY: u32 n, u32 pad, then 24-byte ranges (u64, u64, u32, u32): no
 // padding anywhere (size 8 + 512 * 24, checked in the tests).
 unsafe impl Bytes for types::skprof_jit_table {}
+// SAFETY: generated from skprof.bpf.c's .bss: two u32s.
+unsafe impl Pod for types::bss {}
+// SAFETY: two u32s, no padding (size checked in the tests).
+unsafe impl Bytes for types::bss {}
 
 /// The bytes of a map value to write.
 fn pod_bytes<T: Bytes>(v: &T) -> &[u8] {
@@ -221,6 +225,8 @@ pub struct Probes {
     /// Which `jit_ranges` entry the probes read (the other one is ours to
     /// rewrite).
     jit_active: u32,
+    /// What the probes' .bss says (see `runs_in_use` in skprof.bpf.c).
+    bss: types::bss,
     /// Why fentry was not used in `ProbeMode::Auto`, when it was not.
     pub fallback_reason: Option<String>,
 }
@@ -388,6 +394,10 @@ impl Probes {
             prog_fds,
             start: Instant::now(),
             jit_active: 0,
+            bss: types::bss {
+                runs_in_use: 0,
+                jit_in_use: 0,
+            },
             fallback_reason: None,
         })
     }
@@ -426,7 +436,35 @@ impl Probes {
             .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
             .context("write map jit_active")?;
         self.jit_active = idle;
+        self.write_bss(types::bss {
+            jit_in_use: u32::from(!sorted.is_empty()),
+            ..self.bss
+        })?;
         Ok(over)
+    }
+
+    /// Tells the helper probes whether any program is traced, so that
+    /// without attribution they do not search the run table.
+    pub fn set_runs_in_use(&mut self, on: bool) -> Result<()> {
+        self.write_bss(types::bss {
+            runs_in_use: u32::from(on),
+            ..self.bss
+        })
+    }
+
+    /// Writes the probes' .bss (through the map, which the kernel reads
+    /// atomically per field: the two fields are independent u32s).
+    fn write_bss(&mut self, v: types::bss) -> Result<()> {
+        if (v.runs_in_use, v.jit_in_use) == (self.bss.runs_in_use, self.bss.jit_in_use) {
+            return Ok(());
+        }
+        self.skel
+            .maps
+            .bss
+            .update(&0u32.to_ne_bytes(), pod_bytes(&v), MapFlags::ANY)
+            .context("write the probes' .bss")?;
+        self.bss = v;
+        Ok(())
     }
 
     /// The helper functions being traced.
@@ -927,6 +965,11 @@ mod tests {
         assert_eq!(c.unmatched_exit.len(), Helper::COUNT);
         assert_eq!(c.released.len(), SockClass::COUNT);
         assert_eq!(h.hits.len(), SockClass::COUNT);
+    }
+
+    #[test]
+    fn bss_is_two_u32s() {
+        assert_eq!(size_of::<types::bss>(), 8);
     }
 
     #[test]

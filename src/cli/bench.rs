@@ -1,15 +1,28 @@
-//! `skprof bench`: what tracing costs per traced program run. Drives the
-//! built-in workload's tc program through BPF_PROG_TEST_RUN (the kernel
-//! times the runs itself) with no tracer, with skprof's helper probes, and
-//! with the probes plus per-program attribution (by tracing the program,
-//! and by kernel stack), and prints ns per run and
-//! the ratios. Absolute numbers are noisy (and inflated ~30-50x under TCG):
-//! read the ratios, taken within one run.
+//! `skprof bench`: what tracing costs per lookup. Drives the built-in
+//! workload's tc program (one lookup, and a release when it took a
+//! reference) through BPF_PROG_TEST_RUN, which times the runs in the kernel,
+//! under each tracer configuration:
+//!
+//! - none: no tracer;
+//! - floor: empty fentry/fexit programs on the same functions (the price of
+//!   the probe method itself; no fentry/fexit tracer can add less);
+//! - skprof with aggregation only (`--no-ledger --no-attribution`), with the
+//!   ledger (`--no-attribution`), with the ledger and per-program attribution
+//!   by tracing the program (the default), with attribution by kernel stack,
+//!   and in kprobe mode (ledger, no attribution).
+//!
+//! It prints ns per run, the ns each configuration adds over no tracer, and
+//! that as a ratio to what the floor adds. Absolute numbers are noisy (and
+//! inflated 30-50x under TCG): read the ratios, taken within one run. Where
+//! the CPU has a PMU, cycles and instructions per run too.
+
+use std::any::Any;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::attrib::Attributor;
+use crate::bpf::floor::Floor;
 use crate::bpf::probes::{ProbeMode, ProbeOptions, Probes};
 use crate::kernel::KernelFunctions;
 use crate::model::ids::Family;
@@ -20,56 +33,107 @@ pub struct BenchArgs {
     /// Program runs per measurement (one BPF_PROG_TEST_RUN).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
-    /// Measurements per (case, configuration); min and median are shown.
+    /// Measurements per (case, configuration) and pass; min and median are
+    /// shown.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// Times to go through every configuration; with 2 or more, how much
+    /// each ratio to the floor varied between passes is shown.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub passes: u32,
     /// Workload cases to time (tc family).
     #[arg(long, value_delimiter = ',', default_values_t = ["tcp/established".to_string(), "tcp/listener".to_string(), "udp/bound".to_string(), "tcp/no_socket".to_string()])]
     pub cases: Vec<String>,
-    /// One JSON object instead of a table.
+    /// Configurations to time (none and floor are always timed).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Config::TRACERS)]
+    pub configs: Vec<Config>,
+    /// One JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
 /// The tracer configurations, cheapest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Config {
     /// No tracer attached.
     None,
-    /// skprof's helper probes (fentry/fexit, aggregation and ledger).
-    Probes,
-    /// The probes plus fentry/fexit on the calling program (attribution and
-    /// the per-run leak check).
+    /// Empty fentry/fexit on the helpers, empty fentry on the release.
+    Floor,
+    /// skprof's fentry/fexit probes, aggregation only (--no-ledger).
+    Aggregation,
+    /// The probes with the reference ledger (--no-attribution).
+    Ledger,
+    /// The probes, the ledger and fentry/fexit on the calling program:
+    /// `skprof stat`'s default.
     Attribution,
-    /// The probes plus attribution by kernel stack (the fallback where a
-    /// program cannot be traced).
+    /// The probes, the ledger and attribution by kernel stack.
     StackAttribution,
+    /// kprobe/kretprobe probes with the ledger (no attribution).
+    Kprobe,
+}
+
+impl Config {
+    /// What --configs times by default: every tracer.
+    pub const TRACERS: [Config; 5] = [
+        Config::Aggregation,
+        Config::Ledger,
+        Config::Attribution,
+        Config::StackAttribution,
+        Config::Kprobe,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::None => "none",
+            Config::Floor => "floor",
+            Config::Aggregation => "aggregation",
+            Config::Ledger => "+ledger",
+            Config::Attribution => "+attribution",
+            Config::StackAttribution => "+stack attr",
+            Config::Kprobe => "kprobe",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
+    pub pass: u32,
     pub case: String,
     pub config: Config,
     pub min_ns: f64,
     pub median_ns: f64,
+    /// Per run, median over the measurements; absent without a PMU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<f64>,
 }
 
+/// One configuration on one case in one pass, against no tracer and the
+/// floor of the same pass.
 #[derive(Debug, Clone, Serialize)]
-pub struct CaseSummary {
+pub struct Ratio {
+    pub pass: u32,
     pub case: String,
-    /// ns per program run added by the probes, over no tracer.
-    pub probes_added_ns: f64,
-    /// ns per program run added by attribution, over the probes alone.
-    pub attribution_added_ns: f64,
-    /// Run cost with attribution / run cost without it (probes only).
-    pub attribution_ratio: f64,
-    /// Run cost with probes / run cost with no tracer.
-    pub probes_ratio: f64,
-    /// ns per program run added by stack attribution, over the probes alone.
-    pub stack_added_ns: f64,
-    /// Run cost with stack attribution / run cost with probes only.
-    pub stack_ratio: f64,
+    pub config: Config,
+    /// ns per run added over no tracer (medians).
+    pub added_ns: f64,
+    /// `added_ns` / what the floor adds: 1.0 is the physical limit.
+    pub x_floor: f64,
+    /// Run cost / run cost with no tracer.
+    pub x_none: f64,
+}
+
+/// How much a ratio to the floor moved between passes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub case: String,
+    pub config: Config,
+    pub min_x_floor: f64,
+    pub max_x_floor: f64,
+    /// (max - min) / min, in percent.
+    pub spread_pct: f64,
 }
 
 /// Min and median of measurements (pure).
@@ -87,62 +151,188 @@ pub fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     (v[0], median)
 }
 
-/// Per-case summary from the medians (pure).
-pub fn summarize(ms: &[Measurement]) -> Vec<CaseSummary> {
-    let mut cases: Vec<&str> = Vec::new();
-    for m in ms {
-        if !cases.contains(&m.case.as_str()) {
-            cases.push(&m.case);
-        }
-    }
-    cases
-        .into_iter()
-        .filter_map(|c| {
-            let get = |cfg| {
-                ms.iter()
-                    .find(|m| m.case == c && m.config == cfg)
-                    .map(|m| m.median_ns)
-            };
-            let (none, probes, attr, stack) = (
-                get(Config::None)?,
-                get(Config::Probes)?,
-                get(Config::Attribution)?,
-                get(Config::StackAttribution)?,
-            );
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-            Some(CaseSummary {
-                case: c.to_string(),
-                probes_added_ns: probes - none,
-                attribution_added_ns: attr - probes,
-                attribution_ratio: ratio(attr, probes),
-                probes_ratio: ratio(probes, none),
-                stack_added_ns: stack - probes,
-                stack_ratio: ratio(stack, probes),
+/// Ratios of every tracer measurement to no tracer and to the floor of the
+/// same pass and case (pure).
+pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
+    let get = |pass, case: &str, cfg| {
+        ms.iter()
+            .find(|m| m.pass == pass && m.case == case && m.config == cfg)
+            .map(|m| m.median_ns)
+    };
+    ms.iter()
+        .filter(|m| m.config != Config::None)
+        .filter_map(|m| {
+            let none = get(m.pass, &m.case, Config::None)?;
+            let floor = get(m.pass, &m.case, Config::Floor)?;
+            let added = m.median_ns - none;
+            let floor_added = floor - none;
+            Some(Ratio {
+                pass: m.pass,
+                case: m.case.clone(),
+                config: m.config,
+                added_ns: added,
+                x_floor: if floor_added > 0.0 {
+                    added / floor_added
+                } else {
+                    f64::NAN
+                },
+                x_none: if none > 0.0 {
+                    m.median_ns / none
+                } else {
+                    f64::NAN
+                },
             })
         })
         .collect()
 }
 
+/// Per (case, configuration), how the ratio to the floor varied over the
+/// passes (pure; needs two passes or more).
+pub fn spreads(rs: &[Ratio]) -> Vec<Spread> {
+    let mut keys: Vec<(&str, Config)> = Vec::new();
+    for r in rs {
+        if r.config != Config::Floor && !keys.contains(&(r.case.as_str(), r.config)) {
+            keys.push((&r.case, r.config));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(case, config)| {
+            let xs: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.case == case && r.config == config && r.x_floor.is_finite())
+                .map(|r| r.x_floor)
+                .collect();
+            if xs.len() < 2 {
+                return None;
+            }
+            let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Some(Spread {
+                case: case.to_string(),
+                config,
+                min_x_floor: min,
+                max_x_floor: max,
+                spread_pct: if min > 0.0 {
+                    (max - min) / min * 100.0
+                } else {
+                    f64::NAN
+                },
+            })
+        })
+        .collect()
+}
+
+/// Cycles and instructions of this thread, kernel included (where the
+/// BPF_PROG_TEST_RUN loop runs), when the CPU has a PMU.
+struct Hw {
+    group: perf_event::Group,
+    cycles: perf_event::Counter,
+    instructions: perf_event::Counter,
+}
+
+impl Hw {
+    fn open() -> std::io::Result<Hw> {
+        use perf_event::events::Hardware;
+        let mut group = perf_event::Group::new()?;
+        let mut counter = |kind| {
+            let mut b = perf_event::Builder::new().group(&mut group).kind(kind);
+            b.include_kernel();
+            b.build()
+        };
+        let cycles = counter(Hardware::CPU_CYCLES)?;
+        let instructions = counter(Hardware::INSTRUCTIONS)?;
+        Ok(Hw {
+            group,
+            cycles,
+            instructions,
+        })
+    }
+
+    /// Runs `f` with the counters on; (cycles, instructions) it took.
+    fn count<T>(&mut self, f: impl FnOnce() -> T) -> std::io::Result<(T, u64, u64)> {
+        self.group.reset()?;
+        self.group.enable()?;
+        let out = f();
+        self.group.disable()?;
+        let counts = self.group.read()?;
+        Ok((out, counts[&self.cycles], counts[&self.instructions]))
+    }
+}
+
 fn measure(
     w: &mut Workload,
     args: &BenchArgs,
+    hw: &mut Option<Hw>,
+    pass: u32,
     config: Config,
     out: &mut Vec<Measurement>,
 ) -> Result<()> {
     for case in &args.cases {
-        let mut v = Vec::with_capacity(args.runs as usize);
+        let mut ns = Vec::with_capacity(args.runs as usize);
+        let (mut cycles, mut instructions) = (Vec::new(), Vec::new());
         for _ in 0..args.runs {
-            v.push(w.time_case(Family::Tc, case, args.repeat)?);
+            match hw.as_mut() {
+                Some(h) => {
+                    let (t, c, i) = h
+                        .count(|| w.time_case(Family::Tc, case, args.repeat))
+                        .context("read the hardware counters")?;
+                    ns.push(t?);
+                    cycles.push(c as f64 / f64::from(args.repeat));
+                    instructions.push(i as f64 / f64::from(args.repeat));
+                }
+                None => ns.push(w.time_case(Family::Tc, case, args.repeat)?),
+            }
         }
-        let (min_ns, median_ns) = min_median(v);
+        let (min_ns, median_ns) = min_median(ns);
+        let med = |v: Vec<f64>| (!v.is_empty()).then(|| min_median(v).1);
         out.push(Measurement {
+            pass,
             case: case.clone(),
             config,
             min_ns,
             median_ns,
+            cycles: med(cycles),
+            instructions: med(instructions),
         });
     }
     Ok(())
+}
+
+/// Attaches `config`'s tracer; dropping the result detaches it.
+fn attach(config: Config, funcs: &KernelFunctions) -> Result<Box<dyn Any>> {
+    let probes = |mode, ledger| {
+        let opts = ProbeOptions {
+            ledger,
+            ..ProbeOptions::default()
+        };
+        Probes::load(mode, funcs, &opts)
+    };
+    Ok(match config {
+        Config::None => Box::new(()),
+        Config::Floor => Box::new(Floor::attach(funcs)?),
+        Config::Aggregation => Box::new(probes(ProbeMode::Fentry, false)?),
+        Config::Ledger => Box::new(probes(ProbeMode::Fentry, true)?),
+        Config::Kprobe => Box::new(probes(ProbeMode::Kprobe, true)?),
+        Config::Attribution | Config::StackAttribution => {
+            let stack = config == Config::StackAttribution;
+            let mut p = probes(ProbeMode::Fentry, true)?;
+            let mut attrib = Attributor::new(8, stack);
+            attrib
+                .rescan(p.shared_maps())
+                .context("attribute the workload's programs")?;
+            anyhow::ensure!(
+                attrib.programs().any(|p| p.name == "wl_tc_lookup"),
+                "the workload's tc program could not be attributed"
+            );
+            if stack {
+                p.set_jit_ranges(&attrib.jit_ranges())?;
+            } else {
+                p.set_runs_in_use(true)?;
+            }
+            // Dropped in this order: the program probes, then the helpers'.
+            Box::new((attrib, p))
+        }
+    })
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -155,78 +345,115 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let mut w = Workload::setup(&opts).context("set up the workload to time")?;
     let funcs = KernelFunctions::discover();
-    let mut ms = Vec::new();
-    measure(&mut w, args, Config::None, &mut ms)?;
-    {
-        let mut probes = Probes::load(ProbeMode::Fentry, &funcs, &ProbeOptions::default())?;
-        measure(&mut w, args, Config::Probes, &mut ms)?;
-        {
-            let mut attrib = Attributor::new(8, true);
-            attrib
-                .rescan(probes.shared_maps())
-                .context("list the workload's programs")?;
-            anyhow::ensure!(
-                attrib.programs().any(|p| p.name == "wl_tc_lookup"),
-                "the workload's tc program has no JIT image to attribute by stack"
-            );
-            probes.set_jit_ranges(&attrib.jit_ranges())?;
-            measure(&mut w, args, Config::StackAttribution, &mut ms)?;
-            probes.set_jit_ranges(&[])?;
+    let (mut hw, hw_missing) = match Hw::open() {
+        Ok(h) => (Some(h), None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "no hardware counters here (perf_event_open cycles: {e}): this CPU exposes \
+                 no PMU (as in a TCG VM); cycles and instructions not shown"
+            )),
+        ),
+    };
+    let mut configs = vec![Config::None, Config::Floor];
+    for &c in &args.configs {
+        if !configs.contains(&c) {
+            configs.push(c);
         }
-        let mut attrib = Attributor::new(8, false);
-        attrib
-            .rescan(probes.shared_maps())
-            .context("trace the workload's programs")?;
-        anyhow::ensure!(
-            attrib.programs().any(|p| p.name == "wl_tc_lookup"),
-            "the workload's tc program could not be traced"
-        );
-        measure(&mut w, args, Config::Attribution, &mut ms)?;
     }
-    let summary = summarize(&ms);
+    let mut ms = Vec::new();
+    for pass in 1..=args.passes {
+        for &config in &configs {
+            let guard =
+                attach(config, &funcs).with_context(|| format!("bench {}", config.label()))?;
+            measure(&mut w, args, &mut hw, pass, config, &mut ms)?;
+            drop(guard);
+        }
+    }
+    let rs = ratios(&ms);
+    let sp = spreads(&rs);
     if args.json {
         let v = serde_json::json!({"repeat": args.repeat, "runs": args.runs,
-            "measurements": ms, "summary": summary});
+            "passes": args.passes, "hardware_counters": hw_missing.is_none(),
+            "hardware_counters_note": hw_missing,
+            "measurements": ms, "ratios": rs, "spread": sp});
         println!("{v}");
         return Ok(());
     }
-    println!(
-        "ns per tc program run (one lookup + release), BPF_PROG_TEST_RUN x {}, {} runs each",
-        args.repeat, args.runs
+    print!(
+        "{}",
+        format_tables(args, &ms, &rs, &sp, hw_missing.as_deref())
     );
-    println!(
-        "{:<22} {:<12} {:>10} {:>10}",
-        "CASE", "CONFIG", "MIN", "MEDIAN"
-    );
-    for m in &ms {
-        let cfg = match m.config {
-            Config::None => "none",
-            Config::Probes => "probes",
-            Config::Attribution => "+attribution",
-            Config::StackAttribution => "+stack attr",
-        };
-        println!(
-            "{:<22} {:<12} {:>10.1} {:>10.1}",
-            m.case, cfg, m.min_ns, m.median_ns
-        );
-    }
-    println!(
-        "\n{:<22} {:>11} {:>9} {:>11} {:>9} {:>11} {:>9}",
-        "CASE", "PROBES +ns", "x NONE", "ATTRIB +ns", "x PROBES", "STACK +ns", "x PROBES"
-    );
-    for s in &summary {
-        println!(
-            "{:<22} {:>11.1} {:>9.2} {:>11.1} {:>9.2} {:>11.1} {:>9.2}",
-            s.case,
-            s.probes_added_ns,
-            s.probes_ratio,
-            s.attribution_added_ns,
-            s.attribution_ratio,
-            s.stack_added_ns,
-            s.stack_ratio
-        );
-    }
     Ok(())
+}
+
+/// The text report (pure).
+pub fn format_tables(
+    args: &BenchArgs,
+    ms: &[Measurement],
+    rs: &[Ratio],
+    sp: &[Spread],
+    hw_missing: Option<&str>,
+) -> String {
+    let mut t = format!(
+        "ns per tc program run (one lookup, and a release when it took a reference), \
+         BPF_PROG_TEST_RUN x {}, {} runs each, {} passes\n",
+        args.repeat, args.runs, args.passes
+    );
+    if let Some(note) = hw_missing {
+        t += note;
+        t += "\n";
+    }
+    let hw = hw_missing.is_none();
+    t += &format!(
+        "\n{:>4} {:<16} {:<13} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "PASS", "CASE", "CONFIG", "MIN", "MEDIAN", "+ns", "x FLOOR", "x NONE"
+    );
+    if hw {
+        t += &format!(" {:>9} {:>9}", "CYCLES", "INSTR");
+    }
+    t += "\n";
+    for m in ms {
+        let r = rs
+            .iter()
+            .find(|r| r.pass == m.pass && r.case == m.case && r.config == m.config);
+        let f = |v: Option<f64>, prec: usize| match v {
+            Some(x) if x.is_finite() => format!("{x:.prec$}"),
+            _ => "-".to_string(),
+        };
+        t += &format!(
+            "{:>4} {:<16} {:<13} {:>9.1} {:>9.1} {:>9} {:>8} {:>7}",
+            m.pass,
+            m.case,
+            m.config.label(),
+            m.min_ns,
+            m.median_ns,
+            f(r.map(|r| r.added_ns), 1),
+            f(r.map(|r| r.x_floor), 2),
+            f(r.map(|r| r.x_none), 2),
+        );
+        if hw {
+            t += &format!(" {:>9} {:>9}", f(m.cycles, 0), f(m.instructions, 0));
+        }
+        t += "\n";
+    }
+    if !sp.is_empty() {
+        t += &format!(
+            "\nratio to the floor between passes:\n{:<16} {:<13} {:>8} {:>8} {:>8}\n",
+            "CASE", "CONFIG", "MIN", "MAX", "SPREAD"
+        );
+        for s in sp {
+            t += &format!(
+                "{:<16} {:<13} {:>8.2} {:>8.2} {:>7.1}%\n",
+                s.case,
+                s.config.label(),
+                s.min_x_floor,
+                s.max_x_floor,
+                s.spread_pct
+            );
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -240,26 +467,79 @@ mod tests {
         assert_eq!(min_median(vec![]), (0.0, 0.0));
     }
 
-    #[test]
-    fn summary_takes_differences_and_ratios_of_medians() {
-        let m = |config, median_ns| Measurement {
+    fn m(pass: u32, config: Config, median_ns: f64) -> Measurement {
+        Measurement {
+            pass,
             case: "tcp/listener".into(),
             config,
-            min_ns: 0.0,
+            min_ns: median_ns - 1.0,
             median_ns,
+            cycles: None,
+            instructions: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_the_floor_and_none_of_the_same_pass() {
+        let ms = [
+            m(1, Config::None, 100.0),
+            m(1, Config::Floor, 300.0),
+            m(1, Config::Aggregation, 360.0),
+            m(1, Config::Attribution, 700.0),
+            m(2, Config::None, 110.0),
+            m(2, Config::Floor, 330.0),
+            m(2, Config::Aggregation, 418.0),
+        ];
+        let rs = ratios(&ms);
+        let get = |pass, cfg| {
+            rs.iter()
+                .find(|r| r.pass == pass && r.config == cfg)
+                .unwrap()
+                .clone()
         };
-        let s = summarize(&[
-            m(Config::None, 100.0),
-            m(Config::Probes, 400.0),
-            m(Config::Attribution, 600.0),
-            m(Config::StackAttribution, 1000.0),
+        let a = get(1, Config::Aggregation);
+        assert_eq!((a.added_ns, a.x_floor, a.x_none), (260.0, 1.3, 3.6));
+        assert_eq!(get(1, Config::Attribution).x_floor, 3.0);
+        assert_eq!(get(1, Config::Floor).x_floor, 1.0);
+        assert_eq!(get(2, Config::Aggregation).x_floor, 308.0 / 220.0);
+        assert_eq!(rs.len(), 5, "no ratio for 'none' itself");
+
+        let sp = spreads(&rs);
+        // Only aggregation was timed in both passes (the floor is the unit).
+        assert_eq!(sp.len(), 1);
+        assert_eq!(sp[0].config, Config::Aggregation);
+        let want = (308.0 / 220.0 - 1.3) / 1.3 * 100.0;
+        assert!((sp[0].spread_pct - want).abs() < 1e-9, "{sp:?}");
+    }
+
+    #[test]
+    fn a_floor_that_adds_nothing_gives_no_ratio() {
+        let rs = ratios(&[
+            m(1, Config::None, 100.0),
+            m(1, Config::Floor, 100.0),
+            m(1, Config::Ledger, 150.0),
         ]);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s[0].probes_added_ns, 300.0);
-        assert_eq!(s[0].attribution_added_ns, 200.0);
-        assert_eq!(s[0].attribution_ratio, 1.5);
-        assert_eq!(s[0].probes_ratio, 4.0);
-        assert_eq!(s[0].stack_added_ns, 600.0);
-        assert_eq!(s[0].stack_ratio, 2.5);
+        assert!(rs.iter().all(|r| r.x_floor.is_nan()));
+        let args = BenchArgs {
+            repeat: 10,
+            runs: 1,
+            passes: 1,
+            cases: vec!["tcp/listener".into()],
+            configs: vec![Config::Ledger],
+            json: false,
+        };
+        let t = format_tables(
+            &args,
+            &[m(1, Config::Ledger, 150.0)],
+            &rs,
+            &[],
+            Some("no PMU"),
+        );
+        assert!(t.contains("no PMU"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.contains("+ledger") && l.contains(" - ")),
+            "{t}"
+        );
     }
 }

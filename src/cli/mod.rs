@@ -258,8 +258,10 @@ impl Session {
             }
             // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
             by => {
-                let mut a =
-                    Attributor::new(args.max_programs as usize, kprobes || by == AttributeBy::Stack);
+                let mut a = Attributor::new(
+                    args.max_programs as usize,
+                    kprobes || by == AttributeBy::Stack,
+                );
                 a.set_trace(ledger_trace);
                 (Some(a), None)
             }
@@ -315,6 +317,11 @@ impl Session {
                     self.names.insert(p.id, p.name.clone());
                 }
                 if !report.attached.is_empty() || !report.detached.is_empty() {
+                    self.probes.set_runs_in_use(
+                        attrib
+                            .programs()
+                            .any(|p| p.method == crate::attrib::Method::Trace),
+                    )?;
                     let over = self.probes.set_jit_ranges(&attrib.jit_ranges())?;
                     if over > 0 {
                         eprintln!(

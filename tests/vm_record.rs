@@ -184,7 +184,12 @@ rm -f {log}
     }
     for p in programs {
         let name = p["program"]["name"].as_str().unwrap();
-        assert!(name.starts_with("wl_"), "{kernel}: attributed to {name}");
+        assert!(
+            name.starts_with("wl_"),
+            "{kernel}: {} calls of {} attributed to {name}; the programs: {programs:?}",
+            p["calls"],
+            p["helper"]
+        );
     }
     let series = v["series"].as_array().unwrap();
     assert_eq!(series.len() as u64, u(&v["intervals"]));

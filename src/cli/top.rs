@@ -1,5 +1,5 @@
-//! `skprof top`: the interactive dashboard (see `crate::tui`) on the live
-//! probes.
+//! `skprof top`: the interactive dashboard (see `crate::tui`), on the live
+//! probes or on a recording.
 
 use std::io::IsTerminal;
 
@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::error::SkprofError;
 use crate::model::snapshot::Grouping;
 use crate::tui::collector::{LiveSource, Source};
+use crate::tui::replay::ReplaySource;
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -18,6 +19,13 @@ pub struct TopArgs {
     /// helper, (netns, helper) or (interface, helper).
     #[arg(long, value_enum, default_value_t = Grouping::Program)]
     pub by: Grouping,
+    /// Play a recording made by `skprof record` instead of tracing: the
+    /// readings come at their recorded pace, then the last one stays.
+    #[arg(long, value_name = "FILE", conflicts_with = "workload")]
+    pub replay: Option<std::path::PathBuf>,
+    /// Replay speed: 2 plays twice as fast, 0.5 half as fast.
+    #[arg(long, default_value_t = 1.0, requires = "replay", value_parser = parse_speed)]
+    pub speed: f64,
     #[command(flatten)]
     pub session: super::SessionArgs,
 }
@@ -26,6 +34,13 @@ pub struct TopArgs {
 pub fn parse_refresh(s: &str) -> Result<f64, String> {
     let secs = crate::workload::cli::parse_duration(s)?.as_secs_f64();
     super::parse_interval(&secs.to_string())
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a speed from 0.01 to 1000")),
+    }
 }
 
 pub fn run(args: TopArgs) -> Result<()> {
@@ -37,7 +52,10 @@ pub fn run(args: TopArgs) -> Result<()> {
     }
     let grouping = args.by;
     let make = move || -> Result<Box<dyn Source>> {
-        Ok(Box::new(LiveSource::start(&args.session, args.interval)?))
+        match &args.replay {
+            Some(path) => Ok(Box::new(ReplaySource::open(path, args.speed)?)),
+            None => Ok(Box::new(LiveSource::start(&args.session, args.interval)?)),
+        }
     };
     crate::tui::run(make, grouping)
 }
@@ -59,11 +77,27 @@ mod tests {
 
     #[test]
     fn top_parses_its_flags() {
-        let cli =
-            Cli::try_parse_from(["skprof", "top", "--interval", "500ms", "--by", "netns"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "skprof",
+            "top",
+            "--interval",
+            "500ms",
+            "--by",
+            "netns",
+            "--replay",
+            "x.rec",
+            "--speed",
+            "4",
+        ])
+        .unwrap();
         let Command::Top(a) = cli.command else {
             panic!("not top");
         };
-        assert_eq!((a.interval, a.by), (0.5, Grouping::Netns));
+        assert_eq!((a.interval, a.by, a.speed), (0.5, Grouping::Netns, 4.0));
+        assert_eq!(a.replay.as_deref(), Some(std::path::Path::new("x.rec")));
+        // A replay has no live workload, and a speed needs a replay.
+        assert!(Cli::try_parse_from(["skprof", "top", "--replay", "x", "--workload"]).is_err());
+        assert!(Cli::try_parse_from(["skprof", "top", "--speed", "2"]).is_err());
+        assert!(Cli::try_parse_from(["skprof", "top", "--speed", "0"]).is_err());
     }
 }

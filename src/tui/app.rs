@@ -752,12 +752,14 @@ impl App {
                     .as_ref()
                     .map(|m| m.get(&key).copied().unwrap_or((0, 0)))
                     .unwrap_or((0, 0));
+                // Outstanding and leaks need the current ledger; released
+                // needs it at the window's start too (a recording scans it
+                // rarely).
+                let ledger = (ledger_rows && out_now.is_some()).then_some(());
                 let at_start = out_start
                     .as_ref()
-                    .map(|m| m.get(&key).map_or(0, |c| c.0))
-                    .unwrap_or(0);
-                let ledger =
-                    (ledger_rows && out_now.is_some() && out_start.is_some()).then_some(());
+                    .filter(|_| ledger.is_some())
+                    .map(|m| m.get(&key).map_or(0, |c| c.0));
                 let lat = |v: u64| (r.calls > 0).then_some(v);
                 Some(Row {
                     key,
@@ -774,7 +776,7 @@ impl App {
                     // Whatever was acquired in the window and is no longer
                     // outstanding was released (readings of the maps and
                     // the ledger are instants apart: never below zero).
-                    released: ledger.map(|()| (r.acquired + at_start).saturating_sub(now)),
+                    released: at_start.map(|s| (r.acquired + s).saturating_sub(now)),
                     outstanding: ledger.map(|()| now),
                     hold_p99: r.hold_ns.filter(|h| h.count > 0).map(|h| h.p99),
                     leaks: ledger.map(|()| aged + run_leak_rows.get(&key).copied().unwrap_or(0)),

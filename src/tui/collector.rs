@@ -105,6 +105,12 @@ pub trait Source {
     fn end_note(&self) -> String {
         "end of the readings: holding the last one".into()
     }
+    /// Whether the dashboard ends with the source (the built-in workload
+    /// given --workload-rounds or --workload-duration), rather than holding
+    /// its last reading.
+    fn quit_at_end(&self) -> bool {
+        false
+    }
     /// Ends the source cleanly (joins a workload, say); called once when the
     /// collector stops.
     fn close(&mut self) -> Result<()> {
@@ -119,6 +125,8 @@ pub enum Msg {
     /// The source has no more readings (a replay's end): the UI holds the
     /// last one.
     Ended(String),
+    /// The source is done and the dashboard ends with it.
+    Done,
     /// The source failed; no more batches come.
     Failed(String),
 }
@@ -178,6 +186,7 @@ impl Collector {
                             }
                         }
                         Ok(None) if stop2.load(Ordering::Relaxed) => break None,
+                        Ok(None) if source.quit_at_end() => break Some(Msg::Done),
                         Ok(None) => break Some(Msg::Ended(source.end_note())),
                         Err(e) => break Some(Msg::Failed(crate::error::one_line(&e))),
                     }
@@ -236,12 +245,17 @@ impl Drop for Collector {
     }
 }
 
-/// CPU time of this process (all threads), for the overhead estimate.
-/// Summed from each thread's schedstat (ns, precise), which needs
-/// CONFIG_SCHEDSTATS; `None` without it.
+/// CPU time of skprof itself, for the overhead estimate: every thread of
+/// the process but the built-in workload's (it is the measured load, not
+/// the measuring). Summed from each thread's schedstat (ns, precise), which
+/// needs CONFIG_SCHEDSTATS; `None` without it.
 pub fn process_cpu_ns() -> Option<u64> {
     let mut total = 0u64;
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("skprof-workload") {
+            continue;
+        }
         let s = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
         total += s.split_whitespace().next()?.parse::<u64>().ok()?;
     }
@@ -281,6 +295,8 @@ pub struct LiveSource {
     interfaces: BTreeMap<(u32, u32), Option<String>>,
     /// Slots freed after the previous reading, for the next batch.
     freed: Vec<u32>,
+    /// The workload finished and its last reading was sent.
+    workload_done: bool,
 }
 
 impl LiveSource {
@@ -303,6 +319,7 @@ impl LiveSource {
             cpu,
             interfaces: BTreeMap::new(),
             freed: Vec::new(),
+            workload_done: false,
         })
     }
 
@@ -353,7 +370,10 @@ impl LiveSource {
             Vec::new()
         });
         let status = match &self.workload {
-            Some(w) if w.finished() => Some("workload done".to_string()),
+            Some(w) if w.finished() => {
+                self.workload_done = true;
+                Some("workload done".to_string())
+            }
             Some(_) => Some("workload running".to_string()),
             None => None,
         };
@@ -392,6 +412,9 @@ impl Source for LiveSource {
         if let Some(first) = self.first.take() {
             return Ok(Some(self.batch(first)));
         }
+        if self.workload_done {
+            return Ok(None);
+        }
         if !sleep_until(self.next_at, stop) {
             return Ok(None);
         }
@@ -400,6 +423,12 @@ impl Source for LiveSource {
         self.next_at = (self.next_at + self.interval).max(Instant::now());
         let snapshot = self.session.probes.read()?;
         Ok(Some(self.batch(snapshot)))
+    }
+
+    /// The workload ends the command when it was given rounds or a duration
+    /// (it only finishes by itself then), as it ends `skprof stat`.
+    fn quit_at_end(&self) -> bool {
+        self.workload_done
     }
 
     fn close(&mut self) -> Result<()> {
@@ -472,6 +501,7 @@ mod tests {
                     break;
                 }
                 Msg::Failed(e) => panic!("failed: {e}"),
+                Msg::Done => panic!("a replay holds its last reading, it does not quit"),
             }
         }
         assert_eq!(seen, vec![1, 2, 3]);
@@ -510,6 +540,38 @@ mod tests {
             Msg::Failed(e) => assert_eq!(e, "read the probes: read map hists"),
             m => panic!("unexpected {m:?}"),
         }
+        c.stop().unwrap();
+    }
+
+    /// A source that ends the dashboard when it runs out (a workload with
+    /// a duration).
+    struct Finite(u64);
+    impl Source for Finite {
+        fn info(&self) -> SourceInfo {
+            info()
+        }
+        fn next(&mut self, _: &AtomicBool) -> Result<Option<Batch>> {
+            self.0 = self.0.saturating_sub(1);
+            Ok((self.0 > 0).then(Batch::default))
+        }
+        fn quit_at_end(&self) -> bool {
+            self.0 == 0
+        }
+    }
+
+    #[test]
+    fn a_source_that_quits_at_its_end_says_done() {
+        let (tx, rx) = mpsc::channel();
+        let (c, _) =
+            Collector::start(|| Ok(Box::new(Finite(3)) as Box<dyn Source>), tx, |m| m).unwrap();
+        let got: Vec<bool> = (0..3)
+            .map(|_| match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Msg::Batch(_) => true,
+                Msg::Done => false,
+                m => panic!("unexpected {m:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![true, true, false]);
         c.stop().unwrap();
     }
 

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod collector;
+pub mod replay;
 pub mod term;
 pub mod view;
 
@@ -36,6 +37,7 @@ fn action_of(msg: Msg) -> Action {
         Msg::Batch(b) => Action::Tick(b),
         Msg::Ended(why) => Action::Ended(why),
         Msg::Failed(why) => Action::Failed(why),
+        Msg::Done => Action::Quit,
     }
 }
 

@@ -44,8 +44,11 @@ pub struct BenchArgs {
     /// Workload cases to time (tc family).
     #[arg(long, value_delimiter = ',', default_values_t = ["tcp/established".to_string(), "tcp/listener".to_string(), "udp/bound".to_string(), "tcp/no_socket".to_string()])]
     pub cases: Vec<String>,
-    /// Configurations to time (none and floor are always timed).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Config::TRACERS)]
+    /// Configurations to time; no tracer ("none") is always timed first.
+    /// `--configs none` times only that: the workload under whatever tracer
+    /// is attached from outside (scripts/compare-peers does this for
+    /// bpftrace and BCC).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Config::DEFAULT)]
     pub configs: Vec<Config>,
     /// One JSON object instead of tables.
     #[arg(long)]
@@ -74,8 +77,9 @@ pub enum Config {
 }
 
 impl Config {
-    /// What --configs times by default: every tracer.
-    pub const TRACERS: [Config; 5] = [
+    /// What --configs times by default: the floor and every tracer.
+    pub const DEFAULT: [Config; 6] = [
+        Config::Floor,
         Config::Aggregation,
         Config::Ledger,
         Config::Attribution,
@@ -111,13 +115,15 @@ pub struct Measurement {
 }
 
 /// One configuration on one case in one pass, against no tracer and the
-/// floor of the same pass.
+/// floor of the same pass. From the minimum over the runs: the measurement
+/// least disturbed by whatever else the machine was doing (medians are
+/// printed too).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     pub pass: u32,
     pub case: String,
     pub config: Config,
-    /// ns per run added over no tracer (medians).
+    /// ns per run added over no tracer (minimums).
     pub added_ns: f64,
     /// `added_ns` / what the floor adds: 1.0 is the physical limit.
     pub x_floor: f64,
@@ -157,14 +163,14 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
     let get = |pass, case: &str, cfg| {
         ms.iter()
             .find(|m| m.pass == pass && m.case == case && m.config == cfg)
-            .map(|m| m.median_ns)
+            .map(|m| m.min_ns)
     };
     ms.iter()
         .filter(|m| m.config != Config::None)
         .filter_map(|m| {
             let none = get(m.pass, &m.case, Config::None)?;
             let floor = get(m.pass, &m.case, Config::Floor)?;
-            let added = m.median_ns - none;
+            let added = m.min_ns - none;
             let floor_added = floor - none;
             Some(Ratio {
                 pass: m.pass,
@@ -177,7 +183,7 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                     f64::NAN
                 },
                 x_none: if none > 0.0 {
-                    m.median_ns / none
+                    m.min_ns / none
                 } else {
                     f64::NAN
                 },
@@ -355,7 +361,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )),
         ),
     };
-    let mut configs = vec![Config::None, Config::Floor];
+    let mut configs = vec![Config::None];
     for &c in &args.configs {
         if !configs.contains(&c) {
             configs.push(c);
@@ -472,8 +478,8 @@ mod tests {
             pass,
             case: "tcp/listener".into(),
             config,
-            min_ns: median_ns - 1.0,
-            median_ns,
+            min_ns: median_ns,
+            median_ns: median_ns + 1.0,
             cycles: None,
             instructions: None,
         }

@@ -1,0 +1,113 @@
+//! `skprof bench` in Debian 6.1 and 6.12 guests, kept short for CI: every
+//! configuration is timed on every case in every pass, the ratios are
+//! there and sane, and a missing PMU (TCG has none) is said, not shown as
+//! zeros. The figures themselves are the benchmark's to print, not this
+//! test's to judge.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
+const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
+
+fn bench(kernel: &str, extra: &[&str]) -> Value {
+    let out = Command::new(SKPROF_VM)
+        .args(["run", "--kernel", kernel, "--timeout", "600", "--", SKPROF])
+        .args(["bench", "--json", "--repeat", "2000", "--runs", "2"])
+        .args(extra)
+        .output()
+        .expect("run skprof-vm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{kernel}: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{kernel}: no JSON: {stdout}"));
+    serde_json::from_str(line).expect("bench JSON")
+}
+
+fn check(kernel: &str) {
+    let v = bench(kernel, &["--passes", "2"]);
+    let configs = [
+        "none",
+        "floor",
+        "aggregation",
+        "ledger",
+        "attribution",
+        "stack_attribution",
+        "kprobe",
+    ];
+    let cases = [
+        "tcp/established",
+        "tcp/listener",
+        "udp/bound",
+        "tcp/no_socket",
+    ];
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), configs.len() * cases.len() * 2, "{kernel}");
+    for pass in [1, 2] {
+        for c in configs {
+            for case in cases {
+                let m = ms
+                    .iter()
+                    .find(|m| m["pass"] == pass && m["config"] == c && m["case"] == case)
+                    .unwrap_or_else(|| panic!("{kernel}: {c} {case} pass {pass}"));
+                let (min, med) = (
+                    m["min_ns"].as_f64().unwrap(),
+                    m["median_ns"].as_f64().unwrap(),
+                );
+                assert!(min > 0.0 && min <= med, "{kernel}: {m}");
+            }
+        }
+    }
+    for r in v["ratios"].as_array().unwrap() {
+        let x = r["x_floor"].as_f64().unwrap_or(f64::NAN);
+        if r["config"] == "floor" {
+            assert_eq!(x, 1.0, "{kernel}: {r}");
+        } else {
+            assert!(x.is_finite() && x > 0.0, "{kernel}: {r}");
+        }
+    }
+    // One spread per (case, tracer other than the floor).
+    assert_eq!(
+        v["spread"].as_array().unwrap().len(),
+        cases.len() * (configs.len() - 2),
+        "{kernel}"
+    );
+    // TCG has no PMU: said in one line, no counts.
+    assert_eq!(v["hardware_counters"], false, "{kernel}");
+    assert!(v["hardware_counters_note"]
+        .as_str()
+        .unwrap()
+        .contains("no PMU"));
+    assert!(ms.iter().all(|m| m.get("cycles").is_none()));
+
+    // `--configs none`: the workload alone, for timing an outside tracer.
+    let v = bench(
+        kernel,
+        &[
+            "--passes",
+            "1",
+            "--configs",
+            "none",
+            "--cases",
+            "tcp/listener",
+        ],
+    );
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 1, "{kernel}: {v}");
+    assert_eq!(ms[0]["config"], "none");
+    assert!(v["ratios"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bench_6_1() {
+    check("6.1");
+}
+
+#[test]
+fn bench_6_12() {
+    check("6.12");
+}

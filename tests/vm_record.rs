@@ -186,9 +186,10 @@ rm -f {log}
         let name = p["program"]["name"].as_str().unwrap();
         assert!(
             name.starts_with("wl_"),
-            "{kernel}: {} calls of {} attributed to {name}; the programs: {programs:?}",
+            "{kernel}: {} calls of {} attributed to {name} (attribution off: {}); the programs: {programs:?}",
             p["calls"],
-            p["helper"]
+            p["helper"],
+            v["meta"]["attribution_off"]
         );
     }
     let series = v["series"].as_array().unwrap();

@@ -77,13 +77,13 @@ fn labels(session: &Session, s: &Snapshot) -> Vec<ProgramRef> {
         .collect()
 }
 
-fn interval(session: &Session, snapshot: Snapshot, forgotten: Vec<u32>) -> Frame {
-    Frame::Interval(Box::new(Interval {
+fn interval(session: &Session, snapshot: Snapshot, forgotten: Vec<u32>) -> Interval {
+    Interval {
         unix_ms: unix_ms(),
         labels: labels(session, &snapshot),
         snapshot,
         forgotten,
-    }))
+    }
 }
 
 /// Run leak events since the last call, named; `None` when there are none.
@@ -108,31 +108,34 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     // An unwritable output fails here, before any probe is loaded.
     let file = std::fs::File::create(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let mut session = match Session::start(&args.session) {
-        Ok(s) => s,
-        Err(e) => {
-            // Nothing was recorded: leave no empty file behind.
-            let _ = std::fs::remove_file(&args.output);
-            return Err(e);
-        }
+    // Until the Meta frame is written nothing was recorded: a failure
+    // leaves no empty file behind.
+    let remove_on_error = |e: anyhow::Error| {
+        let _ = std::fs::remove_file(&args.output);
+        e
     };
+    let mut session = Session::start(&args.session).map_err(remove_on_error)?;
+    // The baseline comes before the workload starts, as in `stat`: its
+    // first lookups fall inside the first interval.
+    let base = session.probes.read().map_err(remove_on_error)?;
+    let base = interval(&session, base, Vec::new());
+    let mut workload =
+        WorkloadRunner::start(&args.session, &mut session).map_err(remove_on_error)?;
+    // Written after the workload started, so that `attribution_off` says
+    // whether tracing its programs failed.
     let meta = Meta {
         skprof_version: env!("CARGO_PKG_VERSION").into(),
         kernel: session.kernel.clone(),
         probe_mode: session.probes.kind().to_string(),
         hostname: hostname(),
-        start_unix_ms: unix_ms(),
+        start_unix_ms: base.unix_ms,
         interval_ms: args.interval.as_millis() as u64,
         helpers: session.probes.helpers().to_vec(),
         attribution_off: session.attrib_off.clone(),
         command: std::env::args().collect(),
     };
     let mut writer = Writer::with_file(file, &args.output, &meta)?;
-    // The baseline comes before the workload starts, as in `stat`: its
-    // first lookups fall inside the first interval.
-    let base = session.probes.read()?;
-    writer.append(&interval(&session, base, Vec::new()))?;
-    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
+    writer.append(&Frame::Interval(Box::new(base)))?;
     eprintln!("{}", session.banner());
     eprintln!(
         "Recording to {} every {:?}.",
@@ -164,7 +167,11 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         // the maps hold every one of them.
         let cur = session.probes.read()?;
         last = Instant::now();
-        writer.append(&interval(&session, cur, std::mem::take(&mut forgotten)))?;
+        writer.append(&Frame::Interval(Box::new(interval(
+            &session,
+            cur,
+            std::mem::take(&mut forgotten),
+        ))))?;
         readings += 1;
         if let Some(f) = run_leaks(&session, None)? {
             writer.append(&f)?;
@@ -185,7 +192,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     // workload's counts match it).
     if stop.load(Ordering::Relaxed) || (tally.is_some() && !workload_done) {
         let cur = session.probes.read()?;
-        writer.append(&interval(&session, cur, forgotten))?;
+        writer.append(&Frame::Interval(Box::new(interval(
+            &session, cur, forgotten,
+        ))))?;
         readings += 1;
     }
     if let Some(t) = tally {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use crate::bpf::probes::{monotonic_ns, ProbeKind};
 use crate::error::SkprofError;
 use crate::export::http::{Body, Published, Server, Shared};
 use crate::export::log::{LogFormat, Logger};
-use crate::export::metrics::{ExportOptions, Exporter, ProbeInfo, Reading};
+use crate::export::metrics::{Calibration, ExportOptions, Exporter, ProbeInfo, Reading};
 use crate::export::procstat;
 
 #[derive(Debug, clap::Args)]
@@ -95,7 +95,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     // Bind before loading probes: a taken port fails fast, with nothing
     // attached.
     let listener =
-        TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+        crate::export::http::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     if !args.listen.ip().is_loopback() {
         log.warn(
             "serving metrics on a non-loopback address (--allow-remote)",
@@ -109,8 +109,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         export_tuples: args.export_tuples,
         max_tuples: args.max_tuples,
     });
-    // No calibrated per-call cost yet: `exporter.calibration` stays None
-    // (the family is exported empty) until `skprof bench` provides one.
+    // The calibrated per-lookup cost, with --calibrate; without it the
+    // family is exported empty rather than guessed.
+    exporter.calibration = session.overhead.map(|o| Calibration {
+        seconds_per_call: o.ns_per_lookup / 1e9,
+        source: format!("--calibrate at start, {}", session.kernel),
+    });
     let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let shared: Shared = Arc::new(RwLock::new(Arc::new(Published::default())));
     let mut traced = traced_ids(&session);

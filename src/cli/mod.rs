@@ -2,6 +2,7 @@
 //! commands, and the background workload.
 
 pub mod bench;
+pub mod calibrate;
 pub mod check;
 pub mod export;
 pub mod leaks;
@@ -122,6 +123,11 @@ pub struct SessionArgs {
     /// mode).
     #[arg(long, value_enum, default_value_t = AttributeBy::Auto, conflicts_with = "no_attribution")]
     pub attribute_by: AttributeBy,
+    /// Measure at start what the probes cost per lookup here (about a
+    /// second: the built-in tc program timed without, then with, the
+    /// probes) and show it with the figures.
+    #[arg(long)]
+    pub calibrate: bool,
     /// BPF programs traced at most (the rest count as not traced).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=255))]
     pub max_programs: u64,
@@ -219,6 +225,8 @@ pub struct Session {
     /// Names of every program traced so far, by id (they outlive the
     /// program, for reports about references it took).
     pub names: BTreeMap<u32, String>,
+    /// What the probes cost per lookup, with `--calibrate`.
+    pub overhead: Option<calibrate::Overhead>,
 }
 
 impl Session {
@@ -244,7 +252,27 @@ impl Session {
             ledger_stacks: args.stacks,
             ledger_trace,
         };
+        // Calibration times the workload before and after the probes
+        // attach; a failure costs only the figure.
+        let calibration = if args.calibrate {
+            match calibrate::Calibration::untraced() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
+        let overhead = calibration.and_then(|c| match c.traced() {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
+                None
+            }
+        });
         let kprobes = probes.kind() != ProbeKind::Fentry;
         let (attrib, attrib_off) = match args.attribute_by {
             _ if args.no_attribution => (None, Some("--no-attribution".to_string())),
@@ -273,6 +301,7 @@ impl Session {
             attrib,
             attrib_off,
             names: BTreeMap::new(),
+            overhead,
         };
         session.refresh_programs()?;
         Ok(session)
@@ -385,6 +414,13 @@ impl Session {
         }
         if let Some(why) = &p.fallback_reason {
             s += &format!("\nfentry unavailable, using kprobes: {why}");
+        }
+        if let Some(o) = &self.overhead {
+            s += &format!(
+                "\nskprof's probes add about {:.0} ns per lookup here (--calibrate: {:.0} ns per \
+                 untraced tc run)",
+                o.ns_per_lookup, o.untraced_ns
+            );
         }
         s
     }

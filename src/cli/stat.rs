@@ -54,6 +54,9 @@ struct JsonInterval<'a> {
     elapsed_s: f64,
     probe_mode: ProbeKind,
     cumulative: bool,
+    /// ns the probes add per lookup, with --calibrate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overhead_ns_per_lookup: Option<f64>,
     #[serde(flatten)]
     stats: &'a IntervalStats,
 }
@@ -112,6 +115,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
                 elapsed_s: now.duration_since(started).as_secs_f64(),
                 probe_mode: session.probes.kind(),
                 cumulative: args.cumulative,
+                overhead_ns_per_lookup: session.overhead.map(|o| o.ns_per_lookup),
                 stats: &stats,
             };
             serde_json::to_writer(&mut out, &line).context("write JSON")?;

@@ -28,6 +28,9 @@ struct Tmux {
     socket: String,
     /// Where the program under test writes its stderr (quoted on failure).
     log: PathBuf,
+    /// Where the pane's shell writes the command's exit status (tmux's own
+    /// `pane_dead_status` is sometimes never filled in).
+    status: PathBuf,
 }
 
 impl Tmux {
@@ -36,8 +39,10 @@ impl Tmux {
         let socket = format!("skprof-e2e-{name}-{}", std::process::id());
         let t = Tmux {
             log: std::env::temp_dir().join(format!("{socket}.stderr")),
+            status: std::env::temp_dir().join(format!("{socket}.status")),
             socket,
         };
+        let _ = std::fs::remove_file(&t.status);
         // remain-on-exit: the pane (and what the command printed last)
         // stays after the command ends.
         t.run(&[
@@ -51,7 +56,7 @@ impl Tmux {
             &rows.to_string(),
             "-s",
             "e2e",
-            &cmd(&t.log),
+            &format!("{}; echo $? >{}", cmd(&t.log), t.status.display()),
             ";",
             "set-option",
             "-t",
@@ -83,17 +88,24 @@ impl Tmux {
 
     /// The pane's command's exit status, once it ended.
     fn exit_status(&self) -> Option<i32> {
-        let out = self.run(&[
-            "display-message",
-            "-p",
-            "-t",
-            "e2e",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        match out.split_whitespace().collect::<Vec<_>>()[..] {
-            ["1", status] => status.parse().ok(),
-            _ => None,
-        }
+        std::fs::read_to_string(&self.status)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The process the pane's shell runs (the command under test).
+    fn command_pid(&self) -> u32 {
+        let sh = self.run(&["display-message", "-p", "-t", "e2e", "#{pane_pid}"]);
+        let sh = sh.trim();
+        let children =
+            std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no child of the pane's shell {sh}"))
     }
 
     /// Waits for the pane's command to end; its exit status.
@@ -145,6 +157,7 @@ impl Drop for Tmux {
             .args(["-L", &self.socket, "kill-server"])
             .output();
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.status);
     }
 }
 
@@ -635,6 +648,78 @@ fn replay_table_sorting_and_drill_down_show_the_recorded_figures() {
     assert!(d.contains(&format!("p99 {}", fmt_ns(hold.p99))), "{d}");
 
     t.keys(&["q"]);
+    let status = t.wait_exit(Duration::from_secs(10));
+    let end = t.screen();
+    assert_eq!(status, 0, "{end}");
+    assert!(!end.contains("CALLS/s"), "terminal not restored:\n{end}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The terminal follows a resize (the table drops columns at 80x24) and is
+/// given back on SIGTERM.
+#[test]
+fn replay_follows_a_resize_and_restores_the_terminal_on_sigterm() {
+    let path = std::env::temp_dir().join(format!("skprof-e2e-term-{}.skrec", std::process::id()));
+    write_recording(&path);
+    let t = Tmux::start("term", 140, 30, &|log| {
+        format!(
+            "{SKPROF} top --replay {} --speed 8 2>{}",
+            path.display(),
+            log.display()
+        )
+    });
+    let titles = |s: &str| -> Vec<String> {
+        s.lines()
+            .find(|l| l.starts_with("PROGRAM"))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    };
+    let wide = t.wait_for("the wide table", Duration::from_secs(30), |s| {
+        s.contains("end of the recording") && titles(s).len() == 12
+    });
+    assert_eq!(
+        titles(&wide),
+        [
+            "PROGRAM",
+            "HELPER",
+            "CALLS/s▼",
+            "HIT%",
+            "P50",
+            "P99",
+            "MAX",
+            "ACQ",
+            "REL",
+            "OUT",
+            "HOLD99",
+            "LEAKS"
+        ],
+        "{wide}"
+    );
+    t.run(&["resize-window", "-t", "e2e", "-x", "80", "-y", "24"]);
+    let narrow = t.wait_for("the 80-column table", Duration::from_secs(10), |s| {
+        !titles(s).is_empty() && !titles(s).contains(&"MAX".to_string())
+    });
+    // The essentials stay; MAX and HOLD99 go first.
+    let shown = titles(&narrow);
+    for col in [
+        "PROGRAM",
+        "HELPER",
+        "CALLS/s▼",
+        "HIT%",
+        "P50",
+        "P99",
+        "OUT",
+        "LEAKS",
+    ] {
+        assert!(shown.contains(&col.to_string()), "{col}: {narrow}");
+    }
+    assert!(!shown.contains(&"HOLD99".to_string()), "{narrow}");
+    assert!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &t.command_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
     let status = t.wait_exit(Duration::from_secs(10));
     let end = t.screen();
     assert_eq!(status, 0, "{end}");

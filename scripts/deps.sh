@@ -8,6 +8,7 @@ pkgs=(
   qemu-system-x86 busybox-static cpio xz-utils kmod  # the test VM (skprof-vm)
   zstd lz4                                      # unpack kernels for a faster boot
   bpftool iproute2                              # inspection inside the VM
+  tmux                                          # terminal e2e tests (tests/tui_e2e.rs)
 )
 missing=()
 for p in "${pkgs[@]}"; do

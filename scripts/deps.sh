@@ -9,6 +9,7 @@ pkgs=(
   zstd lz4                                      # unpack kernels for a faster boot
   bpftool iproute2                              # inspection inside the VM
   tmux                                          # terminal e2e tests (tests/tui_e2e.rs)
+  prometheus                                    # scrapes skprof export in tests/vm_export.rs
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -63,11 +63,23 @@ pub struct ExportArgs {
     /// Leaked references exported with their tuple, at most.
     #[arg(long, default_value_t = 16, requires = "export_tuples")]
     pub max_tuples: usize,
+    /// Seconds a program that went away keeps its final figures in the
+    /// output (so scrapes see its last calls), then its series are
+    /// dropped. The default covers Prometheus's default 1 m scrape interval.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_keep)]
+    pub keep_gone: f64,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub http_workers: u64,
     #[command(flatten)]
     pub session: super::SessionArgs,
+}
+
+fn parse_keep(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds from 0 to 86400")),
+    }
 }
 
 /// Why a bind address is refused without --allow-remote (pure).
@@ -108,6 +120,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         older_than_ns: args.older_than.as_nanos() as u64,
         export_tuples: args.export_tuples,
         max_tuples: args.max_tuples,
+        keep_gone: (args.keep_gone / args.interval).ceil() as u64,
     });
     // The calibrated per-lookup cost, with --calibrate; without it the
     // family is exported empty rather than guessed.
@@ -118,7 +131,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let shared: Shared = Arc::new(RwLock::new(Arc::new(Published::default())));
     let mut traced = traced_ids(&session);
-    collect(&mut session, &mut exporter, &shared, &[], args, &log);
+    let first = read(&session, args);
+    collect(first, &mut session, &mut exporter, &shared, &[], &log);
     let server = Server::start(listener, Arc::clone(&shared), args.http_workers as usize)?;
     log.info(
         "exporting",
@@ -146,6 +160,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
         let rescan = hup.swap(false, Ordering::Relaxed);
         next = Instant::now() + Duration::from_secs_f64(args.interval);
+        // Read before the rescan: a program that went away since the last
+        // collection is still in the maps until the rescan lets it go, so
+        // its last calls are counted.
+        let reading = read(&session, args);
         let freed = match session.refresh_programs() {
             Ok(f) => f,
             Err(e) => {
@@ -184,7 +202,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             );
             traced = now_traced;
         }
-        collect(&mut session, &mut exporter, &shared, &freed, args, &log);
+        collect(reading, &mut session, &mut exporter, &shared, &freed, &log);
         if workload.as_ref().is_some_and(|w| w.finished()) {
             if let Some(w) = workload.take() {
                 // Its exact counts, for comparison with the metrics; the
@@ -229,20 +247,20 @@ fn traced_ids(session: &Session) -> BTreeSet<(u32, String)> {
         .unwrap_or_default()
 }
 
-/// One collection: read, update, render, publish. A failure is logged and
-/// marks the endpoint unhealthy (`/healthz`); the last good exposition
-/// stays served.
+/// One collection: update, render, publish a reading made before the
+/// rescan that freed `freed`. A failure is logged and marks the endpoint
+/// unhealthy (`/healthz`); the last good exposition stays served.
 fn collect(
+    reading: Result<Reading>,
     session: &mut Session,
     exporter: &mut Exporter,
     shared: &Shared,
     freed: &[u32],
-    args: &ExportArgs,
     log: &Logger,
 ) {
     let started = Instant::now();
-    match read(session, args).and_then(|mut r| {
-        exporter.update(&r, freed);
+    match reading.and_then(|mut r| {
+        exporter.update(&mut r, freed);
         r.self_stats.collect_seconds = started.elapsed().as_secs_f64();
         let x = exporter.render(&r).context("render the metrics")?;
         Ok((r, x))

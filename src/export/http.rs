@@ -29,6 +29,23 @@ const QUEUE: usize = 1024;
 /// A client that sends nothing, or reads nothing, is dropped after this.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pending connections the kernel queues for the acceptor. std's
+/// `TcpListener::bind` asks for 128: a burst of scrapers (or a slow,
+/// preempted acceptor) past that has SYNs dropped and waits a whole SYN
+/// retransmission (1 s, then 3 s). The kernel caps this at somaxconn.
+pub const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with [`BACKLOG`] (and SO_REUSEADDR, so a
+/// restarted daemon need not wait for TIME_WAIT to clear).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
 /// A rendered body, gzipped on first demand (once per collection).
 #[derive(Debug, Default)]
 pub struct Body {
@@ -449,7 +466,7 @@ mod tests {
     #[test]
     fn serves_concurrent_clients_then_shuts_down() {
         let shared: Shared = Arc::new(RwLock::new(Arc::new(published())));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let server = Server::start(listener, Arc::clone(&shared), 3).unwrap();
         let addr = server.local_addr();
         let clients: Vec<_> = (0..40)

@@ -142,6 +142,10 @@ pub struct ExportOptions {
     pub export_tuples: bool,
     /// At most this many leaked references are exported with tuples.
     pub max_tuples: usize,
+    /// Collections for which a program that went away keeps its final
+    /// figures in the output (so a scrape sees its last calls), then its
+    /// series are dropped.
+    pub keep_gone: u64,
 }
 
 impl Default for ExportOptions {
@@ -151,6 +155,7 @@ impl Default for ExportOptions {
             older_than_ns: 500_000_000,
             export_tuples: false,
             max_tuples: 16,
+            keep_gone: 60,
         }
     }
 }
@@ -174,7 +179,27 @@ pub struct Exporter {
     run_leaks: BTreeMap<(u32, Helper), u64>,
     /// The hook for a calibrated per-call cost (none yet: not exported).
     pub calibration: Option<Calibration>,
+    /// Final figures of programs that went away, kept `keep_gone`
+    /// collections.
+    gone: Vec<Gone>,
+    /// Collections so far.
+    readings: u64,
+    gone_seq: u32,
 }
+
+/// A program that went away: its last figures, under a slot number no live
+/// program has (they are all at most 255).
+#[derive(Debug, Clone)]
+struct Gone {
+    slot: u32,
+    prog: ProgramRef,
+    cells: BTreeMap<(Helper, Outcome), Cell>,
+    hold: Option<LogHist>,
+    until: u64,
+}
+
+/// First slot number of programs that went away.
+const GONE_SLOTS: u32 = 1 << 31;
 
 /// The rendered output of one reading.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,9 +225,47 @@ impl Exporter {
         self.refused.len()
     }
 
-    /// Takes in a reading: forgets the freed slots, admits new label sets
-    /// within the budget, accumulates overflows and run leaks.
-    pub fn update(&mut self, r: &Reading, freed_slots: &[u32]) {
+    /// Takes in a reading made before `freed_slots` were freed: keeps the
+    /// final figures of their programs for `keep_gone` collections, forgets
+    /// them in the reading, admits new label sets within the budget, and
+    /// accumulates overflows and run leaks.
+    pub fn update(&mut self, r: &mut Reading, freed_slots: &[u32]) {
+        self.readings += 1;
+        let readings = self.readings;
+        self.gone.retain(|g| g.until > readings);
+        for &slot in freed_slots {
+            let mut cells: BTreeMap<(Helper, Outcome), Cell> = BTreeMap::new();
+            for (k, c) in &r.snapshot.cells {
+                if k.prog == slot && self.admitted.contains(&(k.prog, k.helper, k.outcome)) {
+                    cells.entry((k.helper, k.outcome)).or_default().merge(c);
+                }
+            }
+            let Some(prog) = r.programs.get(&slot).cloned() else {
+                continue;
+            };
+            if cells.is_empty() || self.opts.keep_gone == 0 {
+                continue;
+            }
+            self.gone_seq = self.gone_seq.wrapping_add(1);
+            self.gone.push(Gone {
+                slot: GONE_SLOTS | (self.gone_seq & (GONE_SLOTS - 1)),
+                prog,
+                cells,
+                hold: r.snapshot.holds.get(&slot).cloned(),
+                until: readings + self.opts.keep_gone,
+            });
+        }
+        // The last interval's overflows of the programs going away count.
+        let mut prev = self.prev.take().unwrap_or_default();
+        let d = r.snapshot.delta(&prev);
+        self.overflow_total += d.cells.values().map(|c| c.hist.overflow).sum::<u64>();
+        r.snapshot.forget_slots(freed_slots);
+        for slot in freed_slots {
+            r.programs.remove(slot);
+        }
+        prev = r.snapshot.clone();
+        self.prev = Some(prev);
+
         self.admitted.retain(|k| !freed_slots.contains(&k.0));
         self.refused.retain(|k| !freed_slots.contains(&k.0));
         let cost = label_set_cost();
@@ -229,12 +292,6 @@ impl Exporter {
         self.admitted.retain(|k| live.contains(k));
         self.refused.retain(|k| live.contains(k));
 
-        let mut prev = self.prev.take().unwrap_or_default();
-        prev.forget_slots(freed_slots);
-        let d = r.snapshot.delta(&prev);
-        self.overflow_total += d.cells.values().map(|c| c.hist.overflow).sum::<u64>();
-        self.prev = Some(r.snapshot.clone());
-
         for l in &r.run_leaks {
             *self
                 .run_leaks
@@ -251,6 +308,9 @@ impl Exporter {
     pub fn families(&self, r: &Reading) -> Vec<Family> {
         let mut out = Vec::new();
         let prog = |slot: u32| -> ProgramRef {
+            if let Some(g) = self.gone.iter().find(|g| g.slot == slot) {
+                return g.prog.clone();
+            }
             r.programs.get(&slot).cloned().unwrap_or(ProgramRef {
                 slot,
                 id: 0,
@@ -273,6 +333,11 @@ impl Exporter {
                 merged.entry(label).or_default().merge(c);
             }
         }
+        for g in &self.gone {
+            for (&(h, o), c) in &g.cells {
+                merged.insert((g.slot, h, o), c.clone());
+            }
+        }
 
         let mut calls = Family::new(
             "skprof_helper_calls",
@@ -280,10 +345,12 @@ impl Exporter {
             None,
             MetricType::Counter,
         );
+        // Histograms carry their unit in the name only: a UNIT line on a
+        // histogram is refused by strict OpenMetrics parsers.
         let mut latency = Family::new(
-            "skprof_helper_latency",
+            "skprof_helper_latency_seconds",
             "Duration of socket-lookup helper calls (entry to exit), by calling program and outcome",
-            Some(Unit::Seconds),
+            None,
             MetricType::Histogram,
         );
         let mut acquired = Family::new(
@@ -315,13 +382,17 @@ impl Exporter {
         acquired.merge_duplicate_counters();
 
         let mut holds = Family::new(
-            "skprof_reference_hold",
+            "skprof_reference_hold_seconds",
             "How long programs held the socket references they acquired (acquire to bpf_sk_release), by acquiring program",
-            Some(Unit::Seconds),
+            None,
             MetricType::Histogram,
         );
         let admitted_slots: BTreeSet<u32> = merged.keys().map(|k| k.0).collect();
-        for (slot, h) in &r.snapshot.holds {
+        let gone_holds = self
+            .gone
+            .iter()
+            .filter_map(|g| g.hold.as_ref().map(|h| (&g.slot, h)));
+        for (slot, h) in r.snapshot.holds.iter().chain(gone_holds) {
             if admitted_slots.contains(slot) {
                 holds.push(plabels(&prog(*slot)), histogram(h));
             }
@@ -764,6 +835,11 @@ struct Families(Vec<Family>);
 impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for f in &self.0 {
+            // A family with no sample is legal OpenMetrics, but some
+            // parsers mistake the next family's samples for its own.
+            if f.samples.is_empty() {
+                continue;
+            }
             let mut m = encoder.encode_descriptor(f.name, f.help, f.unit.as_ref(), f.kind)?;
             for (labels, v) in &f.samples {
                 // An info metric's labels are its value, not a family's.

@@ -158,9 +158,9 @@ pub(crate) mod tests {
     }
 
     fn exporter(opts: ExportOptions) -> (Exporter, Reading) {
-        let r = sample_reading();
+        let mut r = sample_reading();
         let mut e = Exporter::new(opts);
-        e.update(&r, &[]);
+        e.update(&mut r, &[]);
         (e, r)
     }
 
@@ -259,7 +259,7 @@ pub(crate) mod tests {
                 let at = |le: f64| {
                     h.buckets
                         .iter()
-                        .find(|b| (b.upper_bound - le).abs() < le * 1e-9)
+                        .find(|b| b.upper_bound == le || (b.upper_bound - le).abs() < le * 1e-9)
                         .map(|b| b.count.as_f64())
                         .unwrap_or_else(|| panic!("no bucket {le}: {:?}", h.buckets))
                 };
@@ -338,13 +338,10 @@ pub(crate) mod tests {
             2.0
         );
         assert_eq!(counter(sample(&om, "skprof_probe_run_seconds", &[])), 0.002);
-        // No calibration yet: the family is there, with no sample.
-        assert_eq!(
-            om.families["skprof_probe_overhead_per_call_seconds"]
-                .iter_samples()
-                .count(),
-            0
-        );
+        // No calibration yet: no figure.
+        assert!(!om
+            .families
+            .contains_key("skprof_probe_overhead_per_call_seconds"));
         // The series count is the number of sample lines.
         let lines = text.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(
@@ -416,6 +413,7 @@ pub(crate) mod tests {
         // Room for three label sets of the five.
         let opts = ExportOptions {
             max_series: 3 * label_set_cost(),
+            keep_gone: 0,
             ..Default::default()
         };
         let (mut e, mut r) = exporter(opts);
@@ -438,15 +436,13 @@ pub(crate) mod tests {
         let series = e.render(&r).unwrap().series;
         assert!(series < 3 * label_set_cost() + 150, "{series}");
         // Stable at the cap: the same label sets next time.
-        e.update(&r, &[]);
+        e.update(&mut r, &[]);
         assert_eq!(names(&e, &r), first);
 
         // Program slot 1 goes away: its series leave, the refused one is
         // admitted.
-        r.snapshot.forget_slots(&[1]);
-        r.programs.remove(&1);
         r.run_leaks.clear();
-        e.update(&r, &[1]);
+        e.update(&mut r, &[1]);
         assert_eq!(e.refused(), 0);
         let after = names(&e, &r);
         assert!(after.iter().all(|(p, _)| p != "tc_steer"), "{after:?}");
@@ -455,12 +451,7 @@ pub(crate) mod tests {
         // The run-leak counter of the gone program is gone too; its ledger
         // entries (still outstanding) stay visible by id.
         assert_eq!(om.families["skprof_run_leaks"].iter_samples().count(), 1);
-        assert_eq!(
-            om.families["skprof_reference_hold_seconds"]
-                .iter_samples()
-                .count(),
-            0
-        );
+        assert!(!om.families.contains_key("skprof_reference_hold_seconds"));
     }
 
     #[test]
@@ -469,12 +460,12 @@ pub(crate) mod tests {
         let k = key(2, Helper::XdpSkLookupUdp, Outcome::Hit, 1);
         r.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 2;
         let mut e = Exporter::new(ExportOptions::default());
-        e.update(&r, &[]);
+        e.update(&mut r, &[]);
         r.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 3;
-        e.update(&r, &[]);
+        e.update(&mut r, &[]);
         // Slot 2 goes away: its cell (and overflow count) with it.
-        r.snapshot.forget_slots(&[2]);
-        e.update(&r, &[2]);
+        e.update(&mut r, &[2]);
+        e.update(&mut r, &[]);
         let om = parse(&e.render(&r).unwrap().openmetrics);
         assert_eq!(
             counter(sample(
@@ -535,19 +526,55 @@ pub(crate) mod tests {
         );
     }
 
+    /// A program that goes away keeps its final figures for `keep_gone`
+    /// collections (a scrape in between sees its last calls), then leaves.
+    #[test]
+    fn gone_programs_keep_their_final_figures_for_a_while() {
+        let opts = ExportOptions {
+            keep_gone: 2,
+            ..Default::default()
+        };
+        let (mut e, mut r) = exporter(opts);
+        let calls_of = |e: &Exporter, r: &Reading, prog: &str| -> Option<f64> {
+            let om = parse(&e.render(r).unwrap().openmetrics);
+            om.families["skprof_helper_calls"]
+                .iter_samples()
+                .filter(|s| s.get_labelset().unwrap().get_label_value("program") == Some(prog))
+                .map(|s| counter(&s.value))
+                .reduce(|a, b| a + b)
+        };
+        assert_eq!(calls_of(&e, &r, "tc_steer"), Some(6.0));
+        // Slot 1 made one more call, then its program went away.
+        r.snapshot
+            .cells
+            .get_mut(&key(1, Helper::TcSkLookupTcp, Outcome::NoSocket, 1))
+            .unwrap()
+            .hist = LogHist::from_values(&[150, 160, 170]);
+        e.update(&mut r, &[1]);
+        assert!(!r.programs.contains_key(&1) && r.snapshot.programs() == vec![0, 2]);
+        assert_eq!(calls_of(&e, &r, "tc_steer"), Some(7.0));
+        let om = parse(&e.render(&r).unwrap().openmetrics);
+        assert_eq!(
+            om.families["skprof_reference_hold_seconds"]
+                .iter_samples()
+                .count(),
+            1
+        );
+        e.update(&mut r, &[]);
+        assert_eq!(calls_of(&e, &r, "tc_steer"), Some(7.0));
+        e.update(&mut r, &[]);
+        assert_eq!(calls_of(&e, &r, "tc_steer"), None);
+        assert_eq!(calls_of(&e, &r, "xdp_fwd"), Some(1.0));
+    }
+
     #[test]
     fn no_ledger_means_no_ledger_families() {
         let mut r = sample_reading();
         r.ledger = None;
         let mut e = Exporter::new(ExportOptions::default());
-        e.update(&r, &[]);
+        e.update(&mut r, &[]);
         let om = parse(&e.render(&r).unwrap().openmetrics);
-        assert_eq!(
-            om.families["skprof_references_outstanding"]
-                .iter_samples()
-                .count(),
-            0
-        );
-        assert_eq!(om.families["skprof_ledger"].iter_samples().count(), 0);
+        assert!(!om.families.contains_key("skprof_references_outstanding"));
+        assert!(!om.families.contains_key("skprof_ledger"));
     }
 }

@@ -280,6 +280,9 @@ impl CpuMeter {
     }
 }
 
+/// Least time between two scans for BPF programs loaded or gone.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
 /// The live source: a tracing session (and the built-in workload with
 /// `--workload`), read every interval.
 pub struct LiveSource {
@@ -297,6 +300,8 @@ pub struct LiveSource {
     freed: Vec<u32>,
     /// The workload finished and its last reading was sent.
     workload_done: bool,
+    /// When the loaded programs were last scanned.
+    scanned: Instant,
 }
 
 impl LiveSource {
@@ -320,6 +325,7 @@ impl LiveSource {
             interfaces: BTreeMap::new(),
             freed: Vec::new(),
             workload_done: false,
+            scanned: Instant::now(),
         })
     }
 
@@ -365,10 +371,16 @@ impl LiveSource {
         // After the labels: a program that went away was still counted in
         // this reading; from the next one on its slot starts from zero.
         let freed_slots = std::mem::take(&mut self.freed);
-        self.freed = self.session.refresh_programs().unwrap_or_else(|e| {
-            errors.push(crate::error::one_line(&e));
-            Vec::new()
-        });
+        // A scan walks every BPF program on the system (a few syscalls
+        // each): at a 10 Hz refresh it would be most of skprof's cost, and
+        // a program loaded or gone a second late changes nothing.
+        if self.scanned.elapsed() >= RESCAN_EVERY {
+            self.scanned = Instant::now();
+            self.freed = self.session.refresh_programs().unwrap_or_else(|e| {
+                errors.push(crate::error::one_line(&e));
+                Vec::new()
+            });
+        }
         let status = match &self.workload {
             Some(w) if w.finished() => {
                 self.workload_done = true;

@@ -265,6 +265,9 @@ pub struct Totals {
     pub leaks: Option<u64>,
     /// Seconds the window covers.
     pub window_s: f64,
+    /// The probes' CPU use, percent of one core: calls per second times
+    /// the calibrated cost per lookup (`--calibrate`).
+    pub probe_cpu_pct: Option<f64>,
 }
 
 /// The drill-down of the selected row.
@@ -821,6 +824,10 @@ impl App {
                 .as_ref()
                 .map(|l| aged_refs(l, LEAK_AGE_NS) + run_leaks.values().sum::<u64>()),
             window_s: wsecs,
+            probe_cpu_pct: self
+                .info
+                .probe_ns_per_lookup
+                .map(|ns| per_s(total_last) * ns / 1e7),
         };
         self.detail = if self.screen == Screen::Detail
             || (self.screen == Screen::Help && self.below_help == Screen::Detail)

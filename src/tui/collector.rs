@@ -29,6 +29,9 @@ pub struct SourceInfo {
     pub helpers: Vec<Helper>,
     /// Seconds between readings.
     pub interval_s: f64,
+    /// What the probes add per lookup (ns), when `--calibrate` measured it:
+    /// the base of the probes' overhead estimate.
+    pub probe_ns_per_lookup: Option<f64>,
 }
 
 /// References outstanding in the ledger at one instant, as the table needs
@@ -417,6 +420,7 @@ impl Source for LiveSource {
             origin: "live".into(),
             helpers: self.session.probes.helpers().to_vec(),
             interval_s: self.interval.as_secs_f64(),
+            probe_ns_per_lookup: self.session.overhead.map(|o| o.ns_per_lookup),
         }
     }
 
@@ -480,6 +484,7 @@ mod tests {
             origin: "test".into(),
             helpers: vec![Helper::TcSkLookupTcp],
             interval_s: 1.0,
+            probe_ns_per_lookup: None,
         }
     }
 

@@ -156,6 +156,7 @@ pub fn info() -> SourceInfo {
         origin: "replay node1.skrec".into(),
         helpers: Helper::ALL.to_vec(),
         interval_s: 1.0,
+        probe_ns_per_lookup: Some(120.0),
     }
 }
 

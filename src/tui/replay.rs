@@ -93,6 +93,8 @@ impl Source for ReplaySource {
             origin: format!("replay {}", self.name),
             helpers: self.meta.helpers.clone(),
             interval_s: self.meta.interval_ms as f64 / 1000.0,
+            // Calibration is not recorded.
+            probe_ns_per_lookup: None,
         }
     }
 

@@ -199,6 +199,8 @@ fn rows_carry_the_fixture_figures() {
     assert_eq!(untraced_skc.outstanding, Some(1));
     assert_eq!(untraced_skc.leaks, Some(1));
     assert_eq!(app.totals.calls_per_s, 4767.0);
+    // The probes' estimate: 4767 calls/s at the calibrated 120 ns each.
+    assert!((app.totals.probe_cpu_pct.unwrap() - 0.057204).abs() < 1e-9);
     assert_eq!(app.totals.leaks, Some(3));
     assert_eq!(app.totals.drops, 0);
 }

@@ -174,6 +174,12 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         cur.and_then(|c| c.self_cpu_pct)
             .map_or_else(|| "n/a".to_string(), |p| format!("{p:.1}%"))
     )));
+    l2.push(sep());
+    l2.push(Span::raw(format!(
+        "probes {}",
+        t.probe_cpu_pct
+            .map_or_else(|| "n/a".to_string(), |p| format!("≈{p:.2}%"))
+    )));
     let mut l3 = vec![
         Span::raw(format!("by {}", grouping_name(app.grouping))),
         sep(),
@@ -931,7 +937,11 @@ fn draw_help(f: &mut Frame, area: Rect) {
             DIM,
         ),
         Line::styled(
-            "LEAKS: outstanding > 500 ms, or runs that ended holding one.",
+            "LEAKS: outstanding > 500 ms, or runs that ended holding one. cpu: skprof's",
+            DIM,
+        ),
+        Line::styled(
+            "threads; probes: calls/s x the --calibrate cost per lookup (one core = 100%).",
             DIM,
         ),
         Line::styled(

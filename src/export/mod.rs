@@ -392,6 +392,11 @@ pub(crate) mod tests {
         }
         let h = LogHist::from_values(&vals);
         let b = buckets(&h);
+        // As documented (README, --max-export-series): 21 finite bounds,
+        // 128 ns to 134.2 ms; a label set costs 25 series.
+        assert_eq!(bucket_bounds_ns().first(), Some(&128));
+        assert_eq!(bucket_bounds_ns().last(), Some(&134_217_728));
+        assert_eq!(label_set_cost(), 25);
         let bounds = bucket_bounds_ns();
         assert_eq!(b.len(), bounds.len() + 1);
         for (i, &bound) in bounds.iter().enumerate() {

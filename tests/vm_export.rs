@@ -8,7 +8,7 @@
 //!   built-in workload's exact counts; 200 concurrent scrapes while the
 //!   workload runs all parse as OpenMetrics, none slower than the 1 s
 //!   scrape interval Prometheus uses here.
-//! - `soak_6_12`: `SKPROF_SOAK_SECS` seconds (75 by default, for CI; 600 for
+//! - `soak_6_12`: `SKPROF_SOAK_SECS` seconds (60 by default, for CI; 600 for
 //!   the full 10-minute soak) of workload processes loading and unloading
 //!   programs under an exporter with the systemd unit's capability set;
 //!   resident memory and series count must stay flat, and nothing stays
@@ -657,7 +657,7 @@ fn soak_6_12() {
     let secs: u64 = std::env::var("SKPROF_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(75);
+        .unwrap_or(60);
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let base = tmp_base("soak");
     let b = base.display();

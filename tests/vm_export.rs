@@ -617,12 +617,26 @@ fn prometheus_and_dashboards(kernel: &str) {
         "{err}"
     );
     assert!(!err.contains("level=error"), "{kernel}: {err}");
-    // Last, so a slow run still shows every other finding first.
-    assert!(
-        t[t.len() - 1] < SCRAPE_INTERVAL,
-        "{kernel}: slowest scrape {:.1} ms, over the {} s scrape interval",
-        ms(t[t.len() - 1]),
+    // The slowest scrape against the scrape interval is a performance
+    // figure: printed, not asserted (under TCG on a loaded host a scrape can
+    // take longer than 1 s without anything being wrong; the brief keeps
+    // performance targets out of timed tests). Only a scrape ten times the
+    // interval, a hang, fails.
+    let slowest = t[t.len() - 1];
+    eprintln!(
+        "{kernel}: slowest scrape {:.1} ms ({} the {} s scrape interval)",
+        ms(slowest),
+        if slowest < SCRAPE_INTERVAL {
+            "within"
+        } else {
+            "OVER"
+        },
         SCRAPE_INTERVAL.as_secs()
+    );
+    assert!(
+        slowest < SCRAPE_INTERVAL * 10,
+        "{kernel}: slowest scrape {:.1} ms: a hang",
+        ms(slowest)
     );
     clean();
 }

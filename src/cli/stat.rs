@@ -277,16 +277,9 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     let d = &s.drops;
     if d.total() > 0 {
         t += &format!(
-            "DROPS: {} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, \
-             {} series over --max-series, {} ledger full, {} events lost, {} runs not recorded\n",
-            d.unmatched_exits,
-            d.evicted_entries,
-            d.recursion_misses,
-            d.hist_overflow,
-            d.hists_full,
-            d.ledger_full,
-            d.events_dropped,
-            d.run_table_full
+            "DROPS: {}
+",
+            d.describe()
         );
     }
     t

@@ -403,6 +403,22 @@ pub struct Drops {
 }
 
 impl Drops {
+    /// Every loss, in one sentence (without a trailing period).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, {} series \
+             over --max-series, {} ledger full, {} events lost, {} runs not recorded",
+            self.unmatched_exits,
+            self.evicted_entries,
+            self.recursion_misses,
+            self.hist_overflow,
+            self.hists_full,
+            self.ledger_full,
+            self.events_dropped,
+            self.run_table_full
+        )
+    }
+
     pub fn total(&self) -> u64 {
         self.unmatched_exits
             + self.evicted_entries

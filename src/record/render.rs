@@ -179,16 +179,7 @@ fn us(ns: u64) -> String {
 pub fn utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::model::clock::civil_from_days(days as i64);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
         rem / 3600,
@@ -236,16 +227,9 @@ fn release_lines(out: &mut String, t: &IntervalStats) {
     } else {
         let _ = writeln!(
             out,
-            "\n**Drops:** {} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, \
-             {} series over --max-series, {} ledger full, {} events lost, {} runs not recorded.",
-            d.unmatched_exits,
-            d.evicted_entries,
-            d.recursion_misses,
-            d.hist_overflow,
-            d.hists_full,
-            d.ledger_full,
-            d.events_dropped,
-            d.run_table_full
+            "
+**Drops:** {}.",
+            d.describe()
         );
     }
 }

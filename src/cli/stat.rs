@@ -276,11 +276,7 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     }
     let d = &s.drops;
     if d.total() > 0 {
-        t += &format!(
-            "DROPS: {}
-",
-            d.describe()
-        );
+        t += &format!("DROPS: {}\n", d.describe());
     }
     t
 }

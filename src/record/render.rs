@@ -225,12 +225,7 @@ fn release_lines(out: &mut String, t: &IntervalStats) {
     if d.total() == 0 {
         let _ = writeln!(out, "\n**Drops:** none (every call was measured).");
     } else {
-        let _ = writeln!(
-            out,
-            "
-**Drops:** {}.",
-            d.describe()
-        );
+        let _ = writeln!(out, "\n**Drops:** {}.", d.describe());
     }
 }
 

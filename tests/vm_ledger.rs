@@ -267,6 +267,23 @@ fn trace_agrees(kernel: &str) {
         .expect("trace_check line");
     assert_eq!(check["agrees"], true, "{kernel}: {check}");
     let t = &check["tally"];
+    // Every reference the self-test took was either recorded or refused
+    // by the full ledger: exactly the workload's count.
+    let took: u64 = lines
+        .iter()
+        .find(|l| l["type"] == "self_test")
+        .expect("self_test line")["expected"]["helpers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| u(&h["acquired"]))
+        .sum();
+    assert_eq!(
+        u(&t["acquired"]) + u(&t["ledger_full"]),
+        took,
+        "{kernel}: {check}"
+    );
+    // Room for 3 sockets and more distinct sockets than that: it overflowed.
     assert!(
         u(&t["ledger_full"]) > 0,
         "{kernel}: the ledger overflowed: {check}"

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::collector::{Batch, LedgerSummary, SourceInfo};
-use crate::model::hist::{slot_value, LogHist, Percentiles};
+use crate::model::hist::{LogHist, Percentiles};
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::OutstandingRef;
 use crate::model::snapshot::{
@@ -377,6 +377,8 @@ pub struct App {
     cur: Option<Batch>,
     /// The reading before it.
     before: Option<Batch>,
+    /// `cur - before`: the last interval, kept for the calls/s column.
+    last_delta: Option<Snapshot>,
     /// The baseline (first reading, or the reading at `r`).
     base: Option<Batch>,
     /// Batches that came while paused, merged, applied on resume.
@@ -414,6 +416,7 @@ impl App {
             readings: 0,
             cur: None,
             before: None,
+            last_delta: None,
             base: None,
             pending: None,
             history: VecDeque::new(),
@@ -634,6 +637,7 @@ impl App {
         if let Some(before) = &self.before {
             let delta = b.snapshot.delta(&before.snapshot);
             let secs = secs_between(before.mono_ns, b.mono_ns);
+            self.last_delta = Some(delta.clone());
             self.push_history(delta, secs);
         }
         self.cur = Some(b);
@@ -703,9 +707,9 @@ impl App {
         let mut rate: HashMap<RowKey, u64> = HashMap::new();
         let mut rate_secs = 0.0;
         let mut total_last = 0;
-        if let Some(before) = &self.before {
+        if let (Some(before), Some(last)) = (&self.before, &self.last_delta) {
             rate_secs = secs_between(before.mono_ns, cur.mono_ns);
-            for (k, c) in &cur.snapshot.delta(&before.snapshot).cells {
+            for (k, c) in &last.cells {
                 *rate.entry(RowKey::of_cell(k, by)).or_default() += c.hist.count;
                 total_last += c.hist.count;
             }
@@ -902,7 +906,7 @@ impl App {
                 0.0
             };
             calls_series.push(rate.round() as u64);
-            p99_series.push(quantile(&h, 0.99));
+            p99_series.push(h.quantile(0.99));
             span += s.secs;
         }
         Detail {
@@ -1013,23 +1017,4 @@ fn merge_snapshot(acc: &mut Snapshot, d: &Snapshot) {
     acc.counters.merge(&d.counters);
     acc.recursion_misses += d.recursion_misses;
     acc.mono_ns = d.mono_ns;
-}
-
-/// The `q` quantile of a histogram from its slots' midpoints, capped at the
-/// exact max: what `LogHist::percentiles` gives, without building an
-/// HdrHistogram per history sample.
-pub fn quantile(h: &LogHist, q: f64) -> u64 {
-    let total: u64 = h.slots.iter().map(|s| s.1).sum();
-    if total == 0 {
-        return 0;
-    }
-    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-    let mut seen = 0;
-    for &(s, c) in &h.slots {
-        seen += c;
-        if seen >= rank {
-            return slot_value(s as usize).min(h.max_ns.max(1));
-        }
-    }
-    h.max_ns
 }

@@ -66,8 +66,9 @@ pub enum Command {
     /// program, helper and outcome, each interval) and leak events to a
     /// file, for `skprof report`.
     Record(record::RecordArgs),
-    /// Summarize a recording as Markdown, JSON or CSV, or compare two
-    /// (--compare BASE NEW, exit code 6 on a p99 regression).
+    /// Summarize a recording as Markdown, JSON, CSV or one self-contained
+    /// HTML page, plot its figures (SVG, PNG), or compare two (--compare
+    /// BASE NEW, exit code 6 on a p99 regression).
     Report(report::ReportArgs),
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.

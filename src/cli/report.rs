@@ -1,9 +1,12 @@
-//! `skprof report`: summaries of a recording (JSON, CSV, Markdown), and
-//! `--compare BASE NEW` with a p99 regression gate (exit code 6).
+//! `skprof report`: summaries of a recording (JSON, CSV, Markdown, one
+//! self-contained HTML page), its figures (SVG, PNG), and `--compare BASE
+//! NEW` with a p99 regression gate (exit code 6).
 //!
-//! Output: without `-o`, one format on stdout (Markdown unless `--format`
-//! says otherwise); with `-o DIR`, every format asked for (all by default)
-//! as `DIR/report.<ext>` (`DIR/compare.<ext>` with `--compare`).
+//! Output: without `-o`, one document on stdout (Markdown unless
+//! `--format` says otherwise; figures need a directory); with `-o DIR`,
+//! every format asked for (all by default) as `DIR/report.<ext>`
+//! (`DIR/compare.<ext>` with `--compare`, which has no figures) and the
+//! figures as `DIR/<figure>.svg|png`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::error::SkprofError;
 use crate::record::compare::compare;
-use crate::record::render::{self, Format};
+use crate::record::render::{self, Format, OutFile};
 use crate::record::summary::{Summary, SummaryBuilder};
 use crate::record::{Frame, Reader};
 
@@ -26,12 +29,15 @@ pub struct ReportArgs {
     #[arg(long, num_args = 2, value_names = ["BASE", "NEW"])]
     pub compare: Option<Vec<PathBuf>>,
     /// Write into this directory (created if needed), as report.<format>
-    /// (compare.<format> with --compare). Default: the one format on
-    /// stdout.
+    /// (compare.<format> with --compare) and one <figure>.svg / .png per
+    /// figure (latency-<helper>, percentiles-over-time, rate-over-time,
+    /// hold-time, programs). Default: the one document on stdout.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Output formats, comma-separated. Default: md on stdout, every
-    /// format with -o.
+    /// Output formats, comma-separated: json, csv, md, html (one page with
+    /// the tables and every figure inline), svg, png (a file per figure,
+    /// need -o). Default: md on stdout; with -o every format (json, csv
+    /// and md for --compare).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub format: Vec<Format>,
     /// With --compare: exit with code 6 when the p99 latency of a helper
@@ -85,41 +91,70 @@ pub fn load_summary(path: &Path) -> Result<Summary> {
 
 /// The formats to write: as asked, or the defaults.
 fn formats(args: &ReportArgs) -> Result<Vec<Format>> {
+    let usage = |m: String| -> anyhow::Error { SkprofError::Usage(m).into() };
+    let compare = args.compare.is_some();
     let mut f = args.format.clone();
     f.sort_unstable();
     f.dedup();
     if f.is_empty() {
-        f = match args.output {
-            Some(_) => Format::ALL.to_vec(),
-            None => vec![Format::Md],
+        f = match (&args.output, compare) {
+            (Some(_), false) => Format::ALL.to_vec(),
+            (Some(_), true) => Format::TEXT.to_vec(),
+            (None, _) => vec![Format::Md],
         };
     }
-    if args.output.is_none() && f.len() > 1 {
-        return Err(SkprofError::Usage(format!(
-            "--format lists {} formats but only one can go to stdout: add -o DIR",
-            f.len()
-        ))
-        .into());
+    if compare {
+        if let Some(bad) = f.iter().find(|f| !Format::TEXT.contains(f)) {
+            return Err(usage(format!(
+                "--compare writes json, csv or md, not {}",
+                bad.extension()
+            )));
+        }
+    }
+    if args.output.is_none() {
+        if let Some(fig) = f.iter().find(|f| f.is_figures()) {
+            return Err(usage(format!(
+                "--format {} writes one file per figure: add -o DIR",
+                fig.extension()
+            )));
+        }
+        if f.len() > 1 {
+            return Err(usage(format!(
+                "--format lists {} formats but only one can go to stdout: add -o DIR",
+                f.len()
+            )));
+        }
     }
     Ok(f)
 }
 
-/// Writes each (format, text) to `dir/<stem>.<ext>`, or the one text to
-/// stdout.
-fn emit(dir: Option<&Path>, stem: &str, outputs: &[(Format, String)]) -> Result<()> {
+/// Writes each file into `dir`, or the one file's content to stdout.
+fn emit(dir: Option<&Path>, outputs: &[(Format, Vec<OutFile>)]) -> Result<()> {
     let Some(dir) = dir else {
         let mut out = std::io::stdout().lock();
-        for (_, text) in outputs {
-            out.write_all(text.as_bytes()).context("write to stdout")?;
+        for file in outputs.iter().flat_map(|o| &o.1) {
+            out.write_all(&file.bytes).context("write to stdout")?;
         }
         return out.flush().context("write to stdout");
     };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    for (f, text) in outputs {
-        let path = dir.join(format!("{stem}.{}", f.extension()));
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    for (f, files) in outputs {
+        for file in files {
+            let path = dir.join(&file.name);
+            std::fs::write(&path, &file.bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        // One line per format: a report can have a few dozen figures.
+        match files.as_slice() {
+            [one] if !f.is_figures() => eprintln!("wrote {}", dir.join(&one.name).display()),
+            _ => eprintln!(
+                "wrote {} {} figures in {}",
+                files.len(),
+                f.extension(),
+                dir.display()
+            ),
+        }
     }
     Ok(())
 }
@@ -143,11 +178,21 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             args.max_regression,
             args.min_calls,
         );
-        let outputs: Vec<(Format, String)> = formats
+        let outputs = formats
             .iter()
-            .map(|&f| (f, render::comparison(&c, f)))
-            .collect();
-        emit(dir, "compare", &outputs)?;
+            .map(|&f| {
+                let text = render::comparison(&c, f)?;
+                let name = format!("compare.{}", f.extension());
+                Ok((
+                    f,
+                    vec![OutFile {
+                        name,
+                        bytes: text.into_bytes(),
+                    }],
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        emit(dir, &outputs)?;
         if !c.regressions.is_empty() {
             return Err(SkprofError::Regression(format!(
                 "p99 grew by more than {}%: {}",
@@ -162,11 +207,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         return Err(SkprofError::Usage("name a recording, or --compare BASE NEW".into()).into());
     };
     let s = load_summary(file)?;
-    let outputs: Vec<(Format, String)> = formats
+    // Everything is drawn before anything is written: a failure leaves no
+    // half-written report.
+    let outputs = formats
         .iter()
-        .map(|&f| (f, render::summary(&s, f)))
-        .collect();
-    emit(dir, "report", &outputs)
+        .map(|&f| Ok((f, render::summary_files(&s, f, "report")?)))
+        .collect::<Result<Vec<_>>>()?;
+    emit(dir, &outputs)
 }
 
 #[cfg(test)]
@@ -210,5 +257,28 @@ mod tests {
         assert_eq!(formats(&a).unwrap(), Format::ALL);
         let a = parse(&["a.skrec", "-o", "d", "--format", "md,json,md"]).unwrap();
         assert_eq!(formats(&a).unwrap(), [Format::Json, Format::Md]);
+        // HTML is one document; figures are one file each.
+        let a = parse(&["a.skrec", "--format", "html"]).unwrap();
+        assert_eq!(formats(&a).unwrap(), [Format::Html]);
+        for f in ["svg", "png", "html,svg"] {
+            let a = parse(&["a.skrec", "--format", f]).unwrap();
+            let e = formats(&a).unwrap_err();
+            assert!(
+                e.to_string().contains("one file per figure: add -o DIR"),
+                "{e}"
+            );
+        }
+        let a = parse(&["a.skrec", "-o", "d", "--format", "png,html"]).unwrap();
+        assert_eq!(formats(&a).unwrap(), [Format::Html, Format::Png]);
+    }
+
+    #[test]
+    fn a_comparison_has_no_figures() {
+        let a = parse(&["--compare", "b", "c", "-o", "d"]).unwrap();
+        assert_eq!(formats(&a).unwrap(), Format::TEXT);
+        let a = parse(&["--compare", "b", "c", "-o", "d", "--format", "md,svg"]).unwrap();
+        let e = formats(&a).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
+        assert!(e.to_string().contains("not svg"), "{e}");
     }
 }

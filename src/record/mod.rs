@@ -10,6 +10,8 @@
 mod codec;
 pub mod compare;
 mod file;
+pub mod html;
+pub mod plot;
 pub mod render;
 pub mod summary;
 #[cfg(test)]

@@ -1,12 +1,17 @@
-//! The text forms of a report and a comparison: JSON for tools, CSV for
-//! spreadsheets, Markdown for pull requests (pure).
+//! The forms of a report and a comparison: JSON for tools, CSV for
+//! spreadsheets, Markdown for pull requests (pure), and for a report also
+//! one self-contained HTML page and the figures as SVG or PNG files (see
+//! `html` and `plot`).
 
 use std::fmt::Write as _;
+
+use anyhow::{anyhow, Result};
 
 use crate::model::snapshot::{HelperStats, IntervalStats};
 
 use super::compare::{CompareRow, Comparison, Figures};
 use super::summary::{Summary, LEAK_AGE_NS};
+use super::{html, plot};
 
 /// An output format of `skprof report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -14,33 +19,98 @@ pub enum Format {
     Json,
     Csv,
     Md,
+    /// One page: tables, metadata and every figure inline.
+    Html,
+    /// One file per figure.
+    Svg,
+    /// One file per figure.
+    Png,
 }
 
 impl Format {
-    pub const ALL: [Format; 3] = [Format::Json, Format::Csv, Format::Md];
+    pub const ALL: [Format; 6] = [
+        Format::Json,
+        Format::Csv,
+        Format::Md,
+        Format::Html,
+        Format::Svg,
+        Format::Png,
+    ];
+    /// What `--compare` writes (a comparison has no figures).
+    pub const TEXT: [Format; 3] = [Format::Json, Format::Csv, Format::Md];
 
     pub fn extension(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Csv => "csv",
             Format::Md => "md",
+            Format::Html => "html",
+            Format::Svg => "svg",
+            Format::Png => "png",
         }
     }
-}
 
-pub fn summary(s: &Summary, f: Format) -> String {
-    match f {
-        Format::Json => json(s),
-        Format::Csv => summary_csv(s),
-        Format::Md => summary_md(s),
+    /// Written as one file per figure (never to stdout).
+    pub fn is_figures(self) -> bool {
+        matches!(self, Format::Svg | Format::Png)
     }
 }
 
-pub fn comparison(c: &Comparison, f: Format) -> String {
+/// One file of a report: its name in the output directory, its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A report in format `f`, as files named `<stem>.<ext>` (text formats
+/// and HTML) or `<figure>.<ext>` (SVG, PNG: see `plot::figures`).
+pub fn summary_files(s: &Summary, f: Format, stem: &str) -> Result<Vec<OutFile>> {
+    let figures = |draw: fn(&Summary, &plot::Figure) -> Result<Vec<u8>>| {
+        plot::figures(s)
+            .iter()
+            .map(|fig| {
+                Ok(OutFile {
+                    name: format!("{}.{}", fig.name, f.extension()),
+                    bytes: draw(s, fig)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    };
     match f {
-        Format::Json => json(c),
-        Format::Csv => compare_csv(c),
-        Format::Md => compare_md(c),
+        Format::Svg => figures(|s, fig| plot::svg(s, fig).map(String::into_bytes)),
+        Format::Png => figures(plot::png),
+        _ => Ok(vec![OutFile {
+            name: format!("{stem}.{}", f.extension()),
+            bytes: summary(s, f)?.into_bytes(),
+        }]),
+    }
+}
+
+/// A report as one document (every format but the figures).
+pub fn summary(s: &Summary, f: Format) -> Result<String> {
+    match f {
+        Format::Json => Ok(json(s)),
+        Format::Csv => Ok(summary_csv(s)),
+        Format::Md => Ok(summary_md(s)),
+        Format::Html => html::page(s),
+        Format::Svg | Format::Png => Err(anyhow!(
+            "--format {} writes one file per figure: add -o DIR",
+            f.extension()
+        )),
+    }
+}
+
+/// A comparison as one document (json, csv or md).
+pub fn comparison(c: &Comparison, f: Format) -> Result<String> {
+    match f {
+        Format::Json => Ok(json(c)),
+        Format::Csv => Ok(compare_csv(c)),
+        Format::Md => Ok(compare_md(c)),
+        _ => Err(anyhow!(
+            "--compare writes json, csv or md, not {}",
+            f.extension()
+        )),
     }
 }
 
@@ -523,7 +593,7 @@ mod tests {
     #[test]
     fn csv_has_a_row_per_helper_program_and_release() {
         let s = summary(false);
-        let text = super::summary(&s, Format::Csv);
+        let text = super::summary(&s, Format::Csv).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("scope,program_slot,program_id,program,helper,calls,"));
         let cols = lines[0].split(',').count();
@@ -558,7 +628,7 @@ mod tests {
 
     #[test]
     fn markdown_has_the_tables_and_warns_of_a_cut_off_file() {
-        let md = super::summary(&summary(false), Format::Md);
+        let md = super::summary(&summary(false), Format::Md).unwrap();
         assert!(
             md.starts_with("## skprof report: testhost, kernel 6.12.0-test (fentry)"),
             "{md}"
@@ -574,7 +644,7 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("Warning"));
-        let md = super::summary(&summary(true), Format::Md);
+        let md = super::summary(&summary(true), Format::Md).unwrap();
         assert!(
             md.contains("**Warning:** the recording was cut off"),
             "{md}"
@@ -584,7 +654,7 @@ mod tests {
     #[test]
     fn json_is_one_document_with_totals_and_series() {
         let v: serde_json::Value =
-            serde_json::from_str(&super::summary(&summary(false), Format::Json)).unwrap();
+            serde_json::from_str(&super::summary(&summary(false), Format::Json).unwrap()).unwrap();
         assert_eq!(v["type"], "report");
         assert_eq!(v["meta"]["helpers"][1], "bpf_tc_sk_lookup_tcp");
         assert_eq!(v["totals"]["helpers"][1]["calls"], 300);
@@ -596,7 +666,7 @@ mod tests {
     fn a_comparison_shows_deltas_and_the_gate() {
         let s = summary(false);
         let c = compare("a.skrec", &s, "b.skrec", &s, Some(5.0), 1);
-        let md = super::comparison(&c, Format::Md);
+        let md = super::comparison(&c, Format::Md).unwrap();
         assert!(
             md.starts_with("## skprof compare: a.skrec → b.skrec"),
             "{md}"
@@ -606,10 +676,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("**Gate passed:**"), "{md}");
-        let csv = super::comparison(&c, Format::Csv);
+        let csv = super::comparison(&c, Format::Csv).unwrap();
         assert_eq!(csv.lines().count(), 1 + 3 + 4, "{csv}");
         let v: serde_json::Value =
-            serde_json::from_str(&super::comparison(&c, Format::Json)).unwrap();
+            serde_json::from_str(&super::comparison(&c, Format::Json).unwrap()).unwrap();
         assert_eq!(v["type"], "compare");
         assert_eq!(v["max_regression_pct"], 5.0);
     }

@@ -2,7 +2,9 @@
 //! qemu TCG), then `skprof report` on the host: the recording's totals must
 //! equal the built-in workload's own exact counts; a recording stopped by
 //! SIGINT ends cleanly and still holds every call; one killed with SIGKILL
-//! reads back up to its last complete reading, with a warning.
+//! reads back up to its last complete reading, with a warning. The full
+//! recording's HTML page, SVG and PNG figures are made on the host too,
+//! with the same counts in the report written beside them.
 
 use std::process::{Command, Output};
 
@@ -112,6 +114,58 @@ fn totals_match_workload(kernel: &str, what: &str, v: &Value) -> u64 {
     checked
 }
 
+/// `skprof report -o DIR --format html,svg,png,json` on the host: a
+/// figure of each kind, a latency figure per helper the workload drove,
+/// the page with every figure inline, and the same counts as `full`.
+fn figures(kernel: &str, rec: &str, dir: &str, full: &Value) {
+    let o = Command::new(SKPROF)
+        .args(["report", rec, "-o", dir, "--format", "html,svg,png,json"])
+        .output()
+        .expect("run skprof report");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{kernel}: report -o: {err}");
+    let file = |name: &str| {
+        let p = std::path::Path::new(dir).join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{kernel}: {}: {e}", p.display()))
+    };
+    let v: Value = serde_json::from_slice(&file("report.json")).unwrap();
+    assert_eq!(v["totals"], full["totals"], "{kernel}: the same report");
+    totals_match_workload(kernel, "report -o", &v);
+    let mut names = vec![
+        "percentiles-over-time".to_string(),
+        "rate-over-time".into(),
+        "hold-time".into(),
+        "programs".into(),
+    ];
+    for row in v["totals"]["helpers"].as_array().unwrap() {
+        if u(&row["calls"]) > 0 {
+            names.push(format!("latency-{}", row["helper"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(names.len(), 4 + 12, "{kernel}: every helper was driven");
+    for n in &names {
+        let svg = String::from_utf8(file(&format!("{n}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{kernel}: {n}"
+        );
+        let png = file(&format!("{n}.png"));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{kernel}: {n}");
+    }
+    let html = String::from_utf8(file("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), names.len(), "{kernel}");
+    for row in v["totals"]["helpers"].as_array().unwrap() {
+        let cells = format!(
+            "<tr data-helper=\"{}\"><td><code>{}</code></td><td class=\"n calls\" data-v=\"{}\">",
+            row["helper"].as_str().unwrap(),
+            row["helper"].as_str().unwrap(),
+            row["calls"]
+        );
+        assert!(html.contains(&cells), "{kernel}: {cells}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn record_and_report(kernel: &str) {
     let base = format!("/tmp/skprof-vmrec-{}-{kernel}", std::process::id());
     let (full, int, kill) = (
@@ -202,6 +256,7 @@ rm -f {log}
     assert_eq!(series_calls, calls, "{kernel}: the series adds up");
     assert_eq!(u(&v["leaks"]["run_leaks"]), 0);
     assert_eq!(u(&v["leaks"]["ledger"]["leaked_references"]), 0);
+    figures(kernel, &full, &format!("{base}-report"), &v);
 
     // SIGINT: a clean end, and every call the workload made is in it.
     let (o, v) = report(&int);

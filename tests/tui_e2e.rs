@@ -3,7 +3,7 @@
 //!
 //! - replay: `skprof top --replay` of a recording written here with known
 //!   figures: the table, sorting and the drill-down must show them.
-//! - live: `skprof top --workload` in a Debian 6.12 guest, on the guest's
+//! - live: `skprof top --workload` in Debian 6.1 and 6.12 guests, on their
 //!   serial console (`skprof-vm run --console` from inside a tmux pane, so
 //!   the serial port is the guest job's controlling terminal).
 
@@ -202,22 +202,31 @@ fn window_secs(screen: &str) -> f64 {
         .unwrap()
 }
 
-/// `skprof top --workload --by helper` in a 6.12 guest: every helper
-/// family shows calls, the counts move between two looks, the drill-down
-/// opens, and `q` ends it with the terminal given back.
+/// `skprof top --workload --by helper` in a guest: every helper family
+/// shows calls, the counts move between two looks, the drill-down opens,
+/// and `q` ends it with the terminal given back.
 #[test]
-fn live_top_on_the_vm_serial_console() {
+fn live_top_on_the_vm_serial_console_6_12() {
+    live_top("6.12");
+}
+
+#[test]
+fn live_top_on_the_vm_serial_console_6_1() {
+    live_top("6.1");
+}
+
+fn live_top(kernel: &str) {
     let cwd: PathBuf = std::env::current_dir().unwrap();
-    let t = Tmux::start("live", 120, 30, &|log| {
+    let t = Tmux::start(&format!("live{kernel}"), 120, 30, &|log| {
         format!(
-            "cd {} && {SKPROF_VM} run --kernel 6.12 --console --timeout 300 -- \
+            "cd {} && {SKPROF_VM} run --kernel {kernel} --console --timeout 300 -- \
              sh -c '{SKPROF} top --workload --workload-duration 120 --by helper 2>{}'",
             cwd.display(),
             log.display()
         )
     });
     // A whole frame (the serial line may be caught mid-draw): every traced
-    // helper's row (all 12 on 6.12) and the footer.
+    // helper's row (all 12 on 6.1 and 6.12) and the footer.
     let whole = |s: &str| {
         s.contains("workload running")
             && table_rows(s).len() == 12
@@ -235,7 +244,7 @@ fn live_top_on_the_vm_serial_console() {
         first.contains("fentry") && first.contains("live"),
         "header: {first}"
     );
-    // One row per traced helper (all 12 on 6.12).
+    // One row per traced helper.
     let rows_a = table_rows(&first);
     let rows_b = table_rows(&second);
     for (family, prefix) in [
@@ -653,6 +662,47 @@ fn replay_table_sorting_and_drill_down_show_the_recorded_figures() {
     assert_eq!(status, 0, "{end}");
     assert!(!end.contains("CALLS/s"), "terminal not restored:\n{end}");
     let _ = std::fs::remove_file(&path);
+}
+
+/// A panic gives the terminal back: cooked mode with echo, the normal
+/// screen, the cursor shown, and the message on stderr. The panic is
+/// injected after the first reading is drawn (SKPROF_TEST_PANIC_IN_TOP).
+#[test]
+fn a_panic_restores_the_terminal() {
+    let path = std::env::temp_dir().join(format!("skprof-e2e-panic-{}.skrec", std::process::id()));
+    write_recording(&path);
+    let stty = std::env::temp_dir().join(format!("skprof-e2e-panic-{}.stty", std::process::id()));
+    let t = Tmux::start("panic", 120, 30, &|log| {
+        format!(
+            "SKPROF_TEST_PANIC_IN_TOP=1 {SKPROF} top --replay {} 2>{}; code=$?; \
+             stty -a >{}; (exit $code)",
+            path.display(),
+            log.display(),
+            stty.display()
+        )
+    });
+    let status = t.wait_exit(Duration::from_secs(30));
+    let end = t.screen();
+    assert_eq!(status, 101, "a panic exits with 101:\n{end}");
+    let log = std::fs::read_to_string(&t.log).unwrap_or_default();
+    assert!(log.contains("injected panic"), "stderr: {log}");
+    // The dashboard was on screen before the panic; it is gone now.
+    assert!(!end.contains("CALLS/s"), "terminal not restored:\n{end}");
+    let flags = t.run(&[
+        "display-message",
+        "-p",
+        "-t",
+        "e2e",
+        "#{alternate_on} #{cursor_flag}",
+    ]);
+    assert_eq!(flags.trim(), "0 1", "alternate screen off, cursor on");
+    let modes = std::fs::read_to_string(&stty).unwrap();
+    let words: Vec<&str> = modes.split_whitespace().collect();
+    for mode in ["icanon", "echo", "isig"] {
+        assert!(words.contains(&mode), "{mode} not restored: {modes}");
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&stty);
 }
 
 /// The terminal follows a resize (the table drops columns at 80x24) and is

@@ -83,8 +83,15 @@ fn ui_loop(
             }
         })
         .context("start the input thread")?;
+    // Fault injection for the end-to-end test that a panic gives the
+    // terminal back (tests/tui_e2e.rs): a panic after the first reading is
+    // drawn. Not documented for users; nothing else reads it.
+    let panic_after_first = std::env::var_os("SKPROF_TEST_PANIC_IN_TOP").is_some();
     let mut dirty = true;
     while !app.quit && !stop.load(Ordering::Relaxed) {
+        if panic_after_first && app.current().is_some() && !dirty {
+            panic!("SKPROF_TEST_PANIC_IN_TOP: injected panic after the first reading");
+        }
         if dirty {
             guard
                 .terminal

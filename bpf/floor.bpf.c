@@ -37,6 +37,20 @@ FLOOR_PAIR(bpf_sock_addr_sk_lookup_tcp)
 FLOOR_PAIR(bpf_sock_addr_sk_lookup_udp)
 FLOOR_PAIR(bpf_sock_addr_skc_lookup_tcp)
 
+/* Empty fentry/fexit on the calling BPF program itself (its attach target
+ * is set at load): with them the floor is that of attribution by tracing,
+ * which puts a probe pair on the program as well as on the helpers. */
+SEC("fentry")
+int BPF_PROG(floor_prog_entry)
+{
+	return 0;
+}
+SEC("fexit")
+int BPF_PROG(floor_prog_exit)
+{
+	return 0;
+}
+
 /* skprof puts only an entry probe on the release. */
 SEC("fentry/bpf_sk_release")
 int BPF_PROG(fentry_bpf_sk_release)

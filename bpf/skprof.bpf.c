@@ -125,6 +125,13 @@ volatile __u32 jit_in_use;
 
 /* Whether to keep the reference ledger on acquire/release. */
 const volatile bool ledger_on = true;
+/* Whether to read where each lookup happened (netns, ifindex) into the
+ * histogram key. Up to six probe reads per call (skb->dev, dev->ifindex,
+ * the namespace chains): the largest part of the exit probe after the
+ * histogram update, so only on when something groups by place (stat --by
+ * netns|interface, top, record). Off, every call is keyed netns 0,
+ * ifindex 0. */
+const volatile bool places_on = true;
 /* Whether to record the kernel stack of each acquire: a stack walk per new
  * ledger entry, the costliest part of the ledger, so off unless asked. */
 const volatile bool ledger_stacks = false;
@@ -582,7 +589,8 @@ static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2
 	key.prog_slot = match->prog_slot;
 	key.helper = helper;
 	key.outcome = outcome;
-	lookup_place(helper, match->pctx, ret, &key);
+	if (places_on)
+		lookup_place(helper, match->pctx, ret, &key);
 	h = hist_of(&hists, &key);
 	if (h) {
 		hist_record(h, delta);

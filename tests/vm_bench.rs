@@ -30,7 +30,7 @@ fn bench(kernel: &str, extra: &[&str]) -> Value {
 
 fn check(kernel: &str) {
     // One pass, two cases and one run each keep it short in a loaded TCG
-    // guest: loading and attaching the seven configurations is most of the
+    // guest: loading and attaching the eight configurations is most of the
     // time. (How ratios spread over passes is unit-tested in src/cli/bench.rs.)
     let v = bench(
         kernel,
@@ -42,6 +42,7 @@ fn check(kernel: &str) {
         "aggregation",
         "ledger",
         "attribution",
+        "places",
         "stack_attribution",
         "kprobe",
     ];

@@ -3,6 +3,7 @@
 //! `bpf_sk_release`, the same attach points as skprof's fentry probes.
 
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -31,8 +32,13 @@ pub struct Floor {
 }
 
 impl Floor {
-    /// Loads and attaches the empty pairs on the functions in `funcs.btf`.
-    pub fn attach(funcs: &KernelFunctions) -> Result<Floor> {
+    /// Loads and attaches the empty pairs on the functions in `funcs.btf`,
+    /// and with `program` (a BPF program's fd and function name) an empty
+    /// pair on that program too.
+    pub fn attach(
+        funcs: &KernelFunctions,
+        program: Option<(BorrowedFd<'_>, &str)>,
+    ) -> Result<Floor> {
         // As in Probes: the skeleton borrows its storage for its whole life.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
@@ -41,6 +47,15 @@ impl Floor {
             .context("open BPF object floor.bpf.o")?;
         for mut prog in open.open_object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
+            if name.starts_with("floor_prog_") {
+                match program {
+                    Some((fd, func)) => prog
+                        .set_attach_target(fd.as_raw_fd(), Some(func.to_string()))
+                        .with_context(|| format!("set the target of {name} to {func}"))?,
+                    None => prog.set_autoload(false),
+                }
+                continue;
+            }
             let wanted = split_prog_name(&name).is_some_and(|(_, f)| funcs.btf.contains(f));
             prog.set_autoload(wanted);
         }

@@ -183,6 +183,9 @@ pub struct ProbeOptions {
     /// record per hit and release, for debugging and for checking the
     /// kernel's ledger against the model.
     pub ledger_trace: bool,
+    /// Key every call by where it happened (netns, ifindex): probe reads
+    /// on every exit, for grouping by netns or interface.
+    pub places: bool,
 }
 
 impl Default for ProbeOptions {
@@ -193,6 +196,7 @@ impl Default for ProbeOptions {
             max_series: 4096,
             ledger_stacks: false,
             ledger_trace: false,
+            places: true,
         }
     }
 }
@@ -332,6 +336,7 @@ impl Probes {
             .ok_or_else(|| anyhow!("skprof.bpf.o has no .rodata"))?;
         rodata.ledger_on = opts.ledger;
         rodata.ledger_stacks = opts.ledger_stacks;
+        rodata.places_on = opts.places;
         rodata.ledger_trace = opts.ledger_trace && opts.ledger;
         if rodata.ledger_trace {
             open.maps

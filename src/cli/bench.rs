@@ -63,6 +63,10 @@ pub enum Config {
     None,
     /// Empty fentry/fexit on the helpers, empty fentry on the release.
     Floor,
+    /// The floor and an empty fentry/fexit on the calling program: the
+    /// floor of attribution by tracing (x FLOOR of +attribution and
+    /// +places is to this one when it is timed).
+    FloorProg,
     /// skprof's fentry/fexit probes, aggregation only (--no-ledger).
     Aggregation,
     /// The probes with the reference ledger (--no-attribution).
@@ -70,6 +74,9 @@ pub enum Config {
     /// The probes, the ledger and fentry/fexit on the calling program:
     /// `skprof stat`'s default.
     Attribution,
+    /// The default and each call's netns and interface read into its key,
+    /// as `stat --by netns|interface`, `top` and `record` run.
+    Places,
     /// The probes, the ledger and attribution by kernel stack.
     StackAttribution,
     /// kprobe/kretprobe probes with the ledger (no attribution).
@@ -78,11 +85,13 @@ pub enum Config {
 
 impl Config {
     /// What --configs times by default: the floor and every tracer.
-    pub const DEFAULT: [Config; 6] = [
+    pub const DEFAULT: [Config; 8] = [
         Config::Floor,
+        Config::FloorProg,
         Config::Aggregation,
         Config::Ledger,
         Config::Attribution,
+        Config::Places,
         Config::StackAttribution,
         Config::Kprobe,
     ];
@@ -91,9 +100,11 @@ impl Config {
         match self {
             Config::None => "none",
             Config::Floor => "floor",
+            Config::FloorProg => "floor+prog",
             Config::Aggregation => "aggregation",
             Config::Ledger => "+ledger",
             Config::Attribution => "+attribution",
+            Config::Places => "+places",
             Config::StackAttribution => "+stack attr",
             Config::Kprobe => "kprobe",
         }
@@ -127,6 +138,9 @@ pub struct Ratio {
     pub added_ns: f64,
     /// `added_ns` / what the floor adds: 1.0 is the physical limit.
     pub x_floor: f64,
+    /// That floor: `floor`, or for the configurations that trace the
+    /// calling program (+attribution, +places) `floor_prog` when timed.
+    pub floor: Config,
     /// Run cost / run cost with no tracer.
     pub x_none: f64,
 }
@@ -169,7 +183,13 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
         .filter(|m| m.config != Config::None)
         .filter_map(|m| {
             let none = get(m.pass, &m.case, Config::None)?;
-            let floor = get(m.pass, &m.case, Config::Floor)?;
+            let prog_floor = matches!(m.config, Config::Attribution | Config::Places)
+                .then(|| get(m.pass, &m.case, Config::FloorProg))
+                .flatten();
+            let (floor_cfg, floor) = match prog_floor {
+                Some(f) => (Config::FloorProg, f),
+                None => (Config::Floor, get(m.pass, &m.case, Config::Floor)?),
+            };
             let added = m.min_ns - none;
             let floor_added = floor - none;
             Some(Ratio {
@@ -182,6 +202,7 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 } else {
                     f64::NAN
                 },
+                floor: floor_cfg,
                 x_none: if none > 0.0 {
                     m.min_ns / none
                 } else {
@@ -305,23 +326,29 @@ fn measure(
 }
 
 /// Attaches `config`'s tracer; dropping the result detaches it.
-fn attach(config: Config, funcs: &KernelFunctions) -> Result<Box<dyn Any>> {
-    let probes = |mode, ledger| {
+fn attach(config: Config, funcs: &KernelFunctions, w: &Workload) -> Result<Box<dyn Any>> {
+    // As `stat` runs by default: no place reads, but in +places.
+    let probes = |mode, ledger, places| {
         let opts = ProbeOptions {
             ledger,
+            places,
             ..ProbeOptions::default()
         };
         Probes::load(mode, funcs, &opts)
     };
     Ok(match config {
         Config::None => Box::new(()),
-        Config::Floor => Box::new(Floor::attach(funcs)?),
-        Config::Aggregation => Box::new(probes(ProbeMode::Fentry, false)?),
-        Config::Ledger => Box::new(probes(ProbeMode::Fentry, true)?),
-        Config::Kprobe => Box::new(probes(ProbeMode::Kprobe, true)?),
-        Config::Attribution | Config::StackAttribution => {
+        Config::Floor => Box::new(Floor::attach(funcs, None)?),
+        Config::FloorProg => Box::new(Floor::attach(
+            funcs,
+            Some((w.tc_prog_fd(), "wl_tc_lookup")),
+        )?),
+        Config::Aggregation => Box::new(probes(ProbeMode::Fentry, false, false)?),
+        Config::Ledger => Box::new(probes(ProbeMode::Fentry, true, false)?),
+        Config::Kprobe => Box::new(probes(ProbeMode::Kprobe, true, false)?),
+        Config::Attribution | Config::Places | Config::StackAttribution => {
             let stack = config == Config::StackAttribution;
-            let mut p = probes(ProbeMode::Fentry, true)?;
+            let mut p = probes(ProbeMode::Fentry, true, config == Config::Places)?;
             let mut attrib = Attributor::new(8, stack);
             attrib
                 .rescan(p.shared_maps())
@@ -371,7 +398,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for pass in 1..=args.passes {
         for &config in &configs {
             let guard =
-                attach(config, &funcs).with_context(|| format!("bench {}", config.label()))?;
+                attach(config, &funcs, &w).with_context(|| format!("bench {}", config.label()))?;
             measure(&mut w, args, &mut hw, pass, config, &mut ms)?;
             drop(guard);
         }
@@ -442,6 +469,10 @@ pub fn format_tables(
             t += &format!(" {:>9} {:>9}", f(m.cycles, 0), f(m.instructions, 0));
         }
         t += "\n";
+    }
+    if rs.iter().any(|r| r.floor == Config::FloorProg) {
+        t += "x FLOOR of +attribution and +places is to floor+prog: they trace the \
+              calling program as well as the helpers\n";
     }
     if !sp.is_empty() {
         t += &format!(
@@ -516,6 +547,40 @@ mod tests {
         assert_eq!(sp[0].config, Config::Aggregation);
         let want = (308.0 / 220.0 - 1.3) / 1.3 * 100.0;
         assert!((sp[0].spread_pct - want).abs() < 1e-9, "{sp:?}");
+    }
+
+    #[test]
+    fn program_tracing_configurations_are_to_the_program_floor() {
+        let ms = [
+            m(1, Config::None, 100.0),
+            m(1, Config::Floor, 300.0),
+            m(1, Config::FloorProg, 500.0),
+            m(1, Config::Ledger, 400.0),
+            m(1, Config::Attribution, 700.0),
+            m(1, Config::Places, 900.0),
+            m(1, Config::StackAttribution, 1000.0),
+        ];
+        let rs = ratios(&ms);
+        let get = |cfg| rs.iter().find(|r| r.config == cfg).unwrap().clone();
+        assert_eq!(
+            (
+                get(Config::Attribution).x_floor,
+                get(Config::Attribution).floor
+            ),
+            (1.5, Config::FloorProg)
+        );
+        assert_eq!(get(Config::Places).x_floor, 2.0);
+        // The others (stack attribution does not trace the program) keep
+        // the helpers' floor, and the program floor is shown against it.
+        assert_eq!(
+            (get(Config::Ledger).x_floor, get(Config::Ledger).floor),
+            (1.5, Config::Floor)
+        );
+        assert_eq!(get(Config::StackAttribution).x_floor, 4.5);
+        assert_eq!(get(Config::FloorProg).x_floor, 2.0);
+        // Without the program floor timed, attribution is to the floor.
+        let rs = ratios(&[ms[0].clone(), ms[1].clone(), ms[4].clone()]);
+        assert_eq!((rs[1].x_floor, rs[1].floor), (3.0, Config::Floor));
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub enum AttributeBy {
 }
 
 /// Flags shared by every tracing command.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SessionArgs {
     /// Probe kind: fentry/fexit (cheapest), kprobe/kretprobe, or auto
     /// (fentry, else kprobes).
@@ -144,6 +144,10 @@ pub struct SessionArgs {
     /// counted as drops).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series: u32,
+    /// Whether the probes read each call's netns and interface: set by the
+    /// command (stat --by netns|interface, top, record), not a flag.
+    #[arg(skip)]
+    pub places: bool,
     /// Also run the built-in workload in the background, so there is
     /// something to see on an idle machine.
     #[arg(long)]
@@ -260,6 +264,7 @@ impl Session {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
+            places: args.places,
                     None
                 }
             }

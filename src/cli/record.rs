@@ -114,7 +114,10 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         let _ = std::fs::remove_file(&args.output);
         e
     };
-    let mut session = Session::start(&args.session).map_err(remove_on_error)?;
+    // A recording keeps every grouping open to its reports.
+    let mut session_args = args.session.clone();
+    session_args.places = true;
+    let mut session = Session::start(&session_args).map_err(remove_on_error)?;
     // The baseline comes before the workload starts, as in `stat`: its
     // first lookups fall inside the first interval.
     let base = session.probes.read().map_err(remove_on_error)?;

@@ -64,7 +64,10 @@ struct JsonInterval<'a> {
 pub fn run(args: &StatArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
-    let mut session = Session::start(&args.session)?;
+    // Where each call happened is read only when the rows are places.
+    let mut session_args = args.session.clone();
+    session_args.places = matches!(args.by, Grouping::Netns | Grouping::Interface);
+    let mut session = Session::start(&session_args)?;
     // The baseline comes first: the workload starts running as soon as it
     // is set up, and its first lookups must fall inside the first interval.
     let mut base = session.probes.read()?;

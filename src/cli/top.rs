@@ -43,7 +43,9 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(args: TopArgs) -> Result<()> {
+pub fn run(mut args: TopArgs) -> Result<()> {
+    // `g` regroups by netns and interface at any time.
+    args.session.places = true;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(SkprofError::Usage(
             "skprof top needs a terminal; for text or JSON output use skprof stat".into(),

@@ -131,6 +131,12 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The tc program the bench times (for probes on the program itself).
+    pub fn tc_prog_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.skel.progs.wl_tc_lookup.as_fd()
+    }
+
     /// Loads the programs, creates the netns, sockets and cgroup, and
     /// attaches the cgroup programs the chosen families need. Needs root.
     pub fn setup(opts: &WorkloadOpts) -> Result<Workload> {

@@ -10,6 +10,7 @@ pkgs=(
   bpftool iproute2                              # inspection inside the VM
   tmux                                          # terminal e2e tests (tests/tui_e2e.rs)
   prometheus                                    # scrapes skprof export in tests/vm_export.rs
+  g++                                           # libFuzzer, built by cargo fuzz (scripts/fuzz)
   chromium fonts-dejavu-core                    # renders the HTML report in tests/report_figures.rs
 )
 missing=()

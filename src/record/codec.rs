@@ -127,6 +127,13 @@ impl<'a> Dec<'a> {
     }
 
     pub fn var(&mut self, what: &str) -> DResult<u64> {
+        // Most values (slot gaps, small counts) take one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
         let start = self.pos;
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {

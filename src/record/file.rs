@@ -211,11 +211,12 @@ enum State {
     Failed,
 }
 
-/// Reads a recording frame by frame.
-pub struct Reader {
+/// Reads a recording frame by frame, from a file (`open`) or from any
+/// byte source (`from_reader`, `from_bytes`).
+pub struct Reader<R: Read = BufReader<File>> {
     path: PathBuf,
-    input: BufReader<File>,
-    /// Total file length at open.
+    input: R,
+    /// Total input length at open.
     len: u64,
     /// Offset of the next frame.
     offset: u64,
@@ -231,6 +232,10 @@ struct RawFrame {
     kind: u8,
     payload: Vec<u8>,
 }
+
+/// Payload bytes allocated ahead of reading them: a length field is only
+/// trusted as far as bytes actually arrive.
+const PAYLOAD_PREALLOC: u64 = 1 << 20;
 
 impl Reader {
     /// Opens `path` and reads its header and `Meta` frame.
@@ -251,13 +256,28 @@ impl Reader {
                 source: io::Error::from_raw_os_error(libc::EISDIR),
             });
         }
-        let len = md.len();
+        Reader::from_reader(BufReader::new(file), md.len(), path)
+    }
+}
+
+impl<'a> Reader<&'a [u8]> {
+    /// Reads a recording held in memory; `path` names it in messages.
+    pub fn from_bytes(bytes: &'a [u8], path: &Path) -> Result<Self, RecordError> {
+        Reader::from_reader(bytes, bytes.len() as u64, path)
+    }
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads the header and `Meta` frame of a recording of `len` bytes from
+    /// `input` (positioned at its start); `path` names it in messages. A
+    /// source that ends before `len` bytes reads as a cut-off recording;
+    /// bytes past `len` are not read.
+    pub fn from_reader(mut input: R, len: u64, path: &Path) -> Result<Self, RecordError> {
         if len == 0 {
             return Err(RecordError::Empty {
                 path: path.to_path_buf(),
             });
         }
-        let mut input = BufReader::new(file);
         let mut head = [0u8; HEADER_LEN as usize];
         let got = read_full(&mut input, &mut head).map_err(|source| RecordError::Read {
             path: path.to_path_buf(),
@@ -386,7 +406,7 @@ impl Reader {
 
     /// The frames after `Meta`, in order; ends after `End`, at the end of a
     /// cut-off file, or after the first error.
-    pub fn frames(&mut self) -> Frames<'_> {
+    pub fn frames(&mut self) -> Frames<'_, R> {
         Frames { reader: self }
     }
 
@@ -502,9 +522,10 @@ impl Reader {
             };
             return Ok(None);
         }
-        let mut payload = vec![0u8; len as usize];
+        // Grown as the bytes arrive (from a file, `len` is known to be there).
+        let mut payload = Vec::with_capacity(u64::from(len).min(PAYLOAD_PREALLOC) as usize);
         let mut trailer = [0u8; 4];
-        let got = read_full(&mut self.input, &mut payload)
+        let got = read_upto(&mut self.input, &mut payload, u64::from(len))
             .and_then(|n| Ok(n + read_full(&mut self.input, &mut trailer)?))
             .map_err(|e| read_err(&self.path, e))?;
         if got < payload.len() + trailer.len() {
@@ -544,12 +565,18 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Iterator over a reader's frames.
-pub struct Frames<'a> {
-    reader: &'a mut Reader,
+/// Appends up to `n` bytes of the input to `buf` (`read_to_end` retries
+/// interrupted reads); returns the bytes read.
+fn read_upto(r: &mut impl Read, buf: &mut Vec<u8>, n: u64) -> io::Result<usize> {
+    r.by_ref().take(n).read_to_end(buf)
 }
 
-impl Iterator for Frames<'_> {
+/// Iterator over a reader's frames.
+pub struct Frames<'a, R: Read = BufReader<File>> {
+    reader: &'a mut Reader<R>,
+}
+
+impl<R: Read> Iterator for Frames<'_, R> {
     type Item = Result<Frame, RecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {

@@ -10,10 +10,13 @@
 mod codec;
 pub mod compare;
 mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod html;
 pub mod plot;
 pub mod render;
 pub mod summary;
+pub mod synth;
 #[cfg(test)]
 pub(crate) mod tests;
 

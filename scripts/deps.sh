@@ -11,6 +11,7 @@ pkgs=(
   tmux                                          # terminal e2e tests (tests/tui_e2e.rs)
   prometheus                                    # scrapes skprof export in tests/vm_export.rs
   g++                                           # libFuzzer, built by cargo fuzz (scripts/fuzz)
+  systemd                                       # systemd-analyze verify of packaging/*.service
   chromium fonts-dejavu-core                    # renders the HTML report in tests/report_figures.rs
 )
 missing=()

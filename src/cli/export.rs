@@ -13,12 +13,13 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::daemon::{Programs, Signals};
 use super::{Session, WorkloadRunner};
 use crate::bpf::probes::{monotonic_ns, ProbeKind};
 use crate::error::SkprofError;
@@ -99,11 +100,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         format: args.log_format,
     };
     check_listen(&args.listen, args.allow_remote).map_err(SkprofError::Usage)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    super::install_stop_signals(&stop)?;
-    let hup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-        .context("install handler for SIGHUP")?;
+    let signals = Signals::install()?;
     // Bind before loading probes: a taken port fails fast, with nothing
     // attached.
     let listener =
@@ -130,7 +127,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     });
     let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let shared: Shared = Arc::new(RwLock::new(Arc::new(Published::default())));
-    let mut traced = traced_ids(&session);
+    let mut programs = Programs::new(&session);
     let first = read(&session, args);
     collect(first, &mut session, &mut exporter, &shared, &[], &log);
     let server = Server::start(listener, Arc::clone(&shared), args.http_workers as usize)?;
@@ -141,7 +138,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             ("probe_mode", session.probes.kind().to_string()),
             ("kernel", session.kernel.clone()),
             ("helpers", session.probes.helpers().len().to_string()),
-            ("programs", traced.len().to_string()),
+            ("programs", programs.len().to_string()),
             ("interval_s", args.interval.to_string()),
         ],
     );
@@ -151,57 +148,17 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 
     let mut next = Instant::now() + Duration::from_secs_f64(args.interval);
     let result = loop {
-        while Instant::now() < next && !stop.load(Ordering::Relaxed) && !hup.load(Ordering::Relaxed)
-        {
-            std::thread::sleep(Duration::from_millis(20).min(next - Instant::now()));
-        }
-        if stop.load(Ordering::Relaxed) {
+        signals.wait_until(next);
+        if signals.stopped().is_some() {
             break Ok(());
         }
-        let rescan = hup.swap(false, Ordering::Relaxed);
+        let rescan = signals.take_hup();
         next = Instant::now() + Duration::from_secs_f64(args.interval);
         // Read before the rescan: a program that went away since the last
         // collection is still in the maps until the rescan lets it go, so
         // its last calls are counted.
         let reading = read(&session, args);
-        let freed = match session.refresh_programs() {
-            Ok(f) => f,
-            Err(e) => {
-                log.error(
-                    "rescan of the BPF programs failed",
-                    &[("error", crate::error::one_line(&e))],
-                );
-                Vec::new()
-            }
-        };
-        let now_traced = traced_ids(&session);
-        if now_traced != traced || rescan {
-            let fmt = |s: &BTreeSet<(u32, String)>| {
-                s.iter()
-                    .map(|(id, n)| format!("{n}[{id}]"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            log.info(
-                if rescan {
-                    "SIGHUP: programs rescanned"
-                } else {
-                    "attributed programs changed"
-                },
-                &[
-                    (
-                        "attached",
-                        fmt(&now_traced.difference(&traced).cloned().collect()),
-                    ),
-                    (
-                        "detached",
-                        fmt(&traced.difference(&now_traced).cloned().collect()),
-                    ),
-                    ("programs", fmt(&now_traced)),
-                ],
-            );
-            traced = now_traced;
-        }
+        let freed = programs.rescan(&mut session, rescan, &log);
         collect(reading, &mut session, &mut exporter, &shared, &freed, &log);
         if workload.as_ref().is_some_and(|w| w.finished()) {
             if let Some(w) = workload.take() {
@@ -236,15 +193,6 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         ],
     );
     result
-}
-
-/// (id, name) of the programs attributed now.
-fn traced_ids(session: &Session) -> BTreeSet<(u32, String)> {
-    session
-        .attrib
-        .as_ref()
-        .map(|a| a.programs().map(|p| (p.id, p.name.clone())).collect())
-        .unwrap_or_default()
 }
 
 /// One collection: update, render, publish a reading made before the

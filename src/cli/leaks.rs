@@ -11,13 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::daemon::{Programs, Signals};
 use super::{Session, WorkloadRunner};
 use crate::bpf::probes::monotonic_ns;
 use crate::error::SkprofError;
+use crate::export::log::{Level, LogFormat, Logger};
 use crate::ksyms::Ksyms;
 use crate::model::ids::Helper;
-use crate::model::ledger::{state_name, LeakReport};
+use crate::model::leak_watch::{DropWatch, LeakWatch, WatchEvent};
+use crate::model::ledger::{state_name, LeakGroup, LeakReport};
 use crate::model::ledger_model::{Finding, LedgerEvent, LedgerModel, ModelTally};
+use crate::model::snapshot::{Grouping, IntervalStats};
+use crate::workload::HelperTally;
 
 #[derive(Debug, clap::Args)]
 pub struct LeaksArgs {
@@ -53,8 +58,34 @@ pub struct LeaksArgs {
     /// kernel's verdicts and its outstanding references agree with the
     /// model's (exit code 1 if not). A ring-buffer record per hit and
     /// release: for debugging and testing, not for a busy host.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "watch")]
     pub trace: Option<std::path::PathBuf>,
+    /// Run as a daemon (see packaging/skprof-leaks.service): instead of
+    /// reports, log structured lines on stderr: a start line, a line per
+    /// leak group when first seen, when it grows, when it is partly or
+    /// wholly released late ("resolved"), per run leak, whenever drops or
+    /// ledger overflow rise, a summary every --summary-interval, and a stop
+    /// line. SIGTERM/SIGINT: detach everything and exit 0 (5 with
+    /// --exit-on-leak, at the first leak); SIGHUP: rescan the BPF programs.
+    #[arg(long, conflicts_with_all = ["json", "no_ledger"])]
+    pub watch: bool,
+    /// --watch: log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, requires = "watch")]
+    pub log_format: LogFormat,
+    /// --watch: seconds between summary lines (outstanding references,
+    /// leak totals, drops, ledger overflow, memory).
+    #[arg(long, default_value_t = 60.0, value_parser = super::parse_interval, requires = "watch")]
+    pub summary_interval: f64,
+    /// --watch: leak groups (program, helper, stack) remembered at most;
+    /// more are counted (groups_overflow) and not logged one by one until
+    /// remembered groups are resolved.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000), requires = "watch")]
+    pub max_groups: u64,
+    /// --watch: put the lookup tuples (IP addresses and ports) of leaked
+    /// references in the log lines (off by default: addresses are
+    /// personal data in many places).
+    #[arg(long, requires = "watch")]
+    pub log_tuples: bool,
     #[command(flatten)]
     pub session: super::SessionArgs,
 }
@@ -147,6 +178,9 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
 }
 
 pub fn run(args: &LeaksArgs) -> Result<()> {
+    if args.watch {
+        return watch(args);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     super::install_stop_signals(&stop)?;
     let mut session = Session::start_traced(&args.session, args.trace.is_some())?;
@@ -161,7 +195,21 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     }
     // Kept alive until the end: its sockets are the ones the report names.
     let _self_test = if args.self_test {
-        Some(self_test(&mut session, args, &mut out)?)
+        let (w, expected, tuples) = self_test(&mut session, args)?;
+        if args.json {
+            let line =
+                serde_json::json!({"type": "self_test", "expected": expected, "tuples": tuples});
+            writeln!(out, "{line}").context("write to stdout")?;
+        } else {
+            let acquired: u64 = expected.acquired.iter().flatten().sum();
+            writeln!(
+                out,
+                "self-test: the workload took {acquired} references with bpf_sk_release \
+                 untraced; all must be reported"
+            )
+            .context("write to stdout")?;
+        }
+        Some(w)
     } else {
         None
     };
@@ -438,13 +486,12 @@ impl Tracer {
 }
 
 /// `--self-test`: one round of the workload's tc cases with releases
-/// untraced. Prints the workload's exact counts (`{"type":"self_test"}` in
-/// JSON) and returns the workload, whose sockets must outlive the report.
+/// untraced. Returns the workload, whose sockets must outlive the report,
+/// its exact counts and the tuples of the lookups that took a reference.
 fn self_test(
     session: &mut Session,
     args: &LeaksArgs,
-    out: &mut impl Write,
-) -> Result<crate::workload::Workload> {
+) -> Result<(crate::workload::Workload, HelperTally, Vec<String>)> {
     let opts = crate::workload::WorkloadOpts {
         count: args.self_test_count,
         rounds: Some(1),
@@ -462,19 +509,398 @@ fn self_test(
     let tally = tally.context("self-test: run the workload")?;
     let expected = tally.by_helper(session.funcs.has_tc_variants());
     let tuples = w.acquiring_tuples(crate::model::ids::Family::Tc)?;
-    if args.json {
-        let line = serde_json::json!({"type": "self_test", "expected": expected, "tuples": tuples});
-        writeln!(out, "{line}").context("write to stdout")?;
-    } else {
-        let acquired: u64 = expected.acquired.iter().flatten().sum();
-        writeln!(
-            out,
-            "self-test: the workload took {acquired} references with bpf_sk_release untraced; \
-             all must be reported"
-        )
-        .context("write to stdout")?;
+    Ok((w, expected, tuples))
+}
+
+/// Frames of a leak group's stack shown in a `--watch` log line.
+const STACK_FRAMES_LOGGED: usize = 4;
+
+/// `--watch`: a long-running leak watch logging structured lines (see
+/// `LeaksArgs::watch` and the README's "skprof leaks --watch").
+fn watch(args: &LeaksArgs) -> Result<()> {
+    let log = Logger {
+        format: args.log_format,
+    };
+    let signals = Signals::install()?;
+    let mut session = Session::start(&args.session)?;
+    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
+    let mut programs = Programs::new(&session);
+    let older_than_ns = args.older_than.as_nanos() as u64;
+    log.log_values(
+        Level::Info,
+        "watching for leaked socket references",
+        &[
+            ("kernel", session.kernel.clone().into()),
+            ("probe_mode", session.probes.kind().to_string().into()),
+            ("helpers", session.probes.helpers().len().into()),
+            ("programs", programs.len().into()),
+            ("attribution", session.attrib.is_some().into()),
+            ("ledger_size", args.session.ledger_size.into()),
+            ("older_than_ms", (older_than_ns as f64 / 1e6).into()),
+            ("interval_s", args.interval.into()),
+            ("summary_interval_s", args.summary_interval.into()),
+            ("max_groups", args.max_groups.into()),
+            ("stacks", args.session.stacks.into()),
+        ],
+    );
+    if let Some(why) = &session.attrib_off {
+        log.warn("no per-program attribution", &[("why", why.clone())]);
     }
-    Ok(w)
+    if let Some(why) = &session.probes.fallback_reason {
+        log.warn("fentry unavailable, using kprobes", &[("why", why.clone())]);
+    }
+    // Kept alive until the end: its sockets are the ones the leaks name.
+    let _self_test = if args.self_test {
+        let (w, expected, _) = self_test(&mut session, args)?;
+        let by_helper: serde_json::Map<String, serde_json::Value> = Helper::ALL
+            .iter()
+            .map(|&h| (h, expected.acquired[h.index()].iter().sum::<u64>()))
+            .filter(|&(_, n)| n > 0)
+            .map(|(h, n)| (h.function().to_string(), n.into()))
+            .collect();
+        log.log_values(
+            Level::Info,
+            "self-test: references taken with bpf_sk_release untraced",
+            &[
+                (
+                    "acquired",
+                    expected.acquired.iter().flatten().sum::<u64>().into(),
+                ),
+                ("acquired_by_helper", by_helper.into()),
+            ],
+        );
+        Some(w)
+    } else {
+        None
+    };
+
+    // Uptime and --duration count from here: loading takes a while.
+    let started = Instant::now();
+    let mut leaks = LeakWatch::new(args.max_groups as usize);
+    let mut drops = DropWatch::default();
+    let mut state = WatchState::default();
+    let end = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let interval = Duration::from_secs_f64(args.interval);
+    let summary_every = Duration::from_secs_f64(args.summary_interval);
+    let mut next_scan = Instant::now() + interval;
+    let mut next_summary = Instant::now() + summary_every;
+    let reason: String = loop {
+        let wake = next_scan.min(next_summary);
+        signals.wait_until(end.map_or(wake, |e| e.min(wake)));
+        if let Some(sig) = signals.stopped() {
+            break sig.into();
+        }
+        let hup = signals.take_hup();
+        let now = Instant::now();
+        if now >= next_scan || hup {
+            next_scan = now + interval;
+            let uptime_ms = started.elapsed().as_millis() as u64;
+            match scan(&mut session, &mut programs, hup, args, &log) {
+                Ok(s) => {
+                    let events = leaks.update(&s.report, uptime_ms);
+                    log_events(events, &session, args, &leaks, &log);
+                    for (reason, count, total) in drops.update(&s.drops) {
+                        log.log_values(
+                            Level::Warn,
+                            "measurements dropped",
+                            &[
+                                ("reason", reason.into()),
+                                ("count", count.into()),
+                                ("total", total.into()),
+                            ],
+                        );
+                    }
+                    // Names of programs neither attributed nor in the
+                    // ledger are not needed any more: bounded over churn.
+                    let keep: std::collections::BTreeSet<u32> = programs
+                        .ids()
+                        .chain(s.ledger_programs.iter().copied())
+                        .collect();
+                    session.names.retain(|id, _| keep.contains(id));
+                    state.last = Some(s.summary);
+                }
+                Err(e) => {
+                    state.scan_errors += 1;
+                    let msg = crate::error::one_line(&e);
+                    // The same failure every interval is logged once.
+                    if state.last_error.as_deref() != Some(msg.as_str()) {
+                        log.error("leak scan failed", &[("error", msg.clone())]);
+                        state.last_error = Some(msg);
+                    }
+                }
+            }
+            if workload.as_ref().is_some_and(|w| w.finished()) {
+                if let Some(w) = workload.take() {
+                    // Its exact counts on stdout; the watch goes on.
+                    let mut out = std::io::stdout().lock();
+                    w.finish(&session, true, &mut out)?;
+                    out.flush().context("flush stdout")?;
+                    log.info("workload done", &[]);
+                }
+            }
+            if args.exit_on_leak && leaks.leaked() {
+                break "leak (--exit-on-leak)".into();
+            }
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break "--duration".into();
+        }
+        if Instant::now() >= next_summary {
+            next_summary = Instant::now() + summary_every;
+            log.log_values(
+                Level::Info,
+                "summary",
+                &summary_fields(started, &programs, &leaks, &drops, &state),
+            );
+        }
+    };
+    if let Some(w) = workload.take() {
+        let mut out = std::io::stdout().lock();
+        w.finish(&session, true, &mut out)?;
+        out.flush().context("flush stdout")?;
+    }
+    let mut fields = summary_fields(started, &programs, &leaks, &drops, &state);
+    // Dropping the session detaches every probe and program tracer.
+    drop(session);
+    let leaked = args.exit_on_leak && leaks.leaked();
+    fields.insert(0, ("reason", reason.into()));
+    fields.insert(1, ("exit_code", if leaked { 5 } else { 0 }.into()));
+    log.log_values(Level::Info, "stopped", &fields);
+    if leaked {
+        return Err(SkprofError::Leaks(
+            "socket references outstanding past --older-than, or a run ended holding one".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// What a summary line shows of the last good scan.
+#[derive(Default)]
+struct WatchState {
+    last: Option<ScanSummary>,
+    scan_errors: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Default, Clone)]
+struct ScanSummary {
+    outstanding_sockets: u64,
+    leaked_sockets: u64,
+    leaked_references: u64,
+    unmatched_releases: u64,
+}
+
+/// One scan's readings.
+struct Scan {
+    report: LeakReport,
+    drops: crate::model::snapshot::Drops,
+    ledger_programs: Vec<u32>,
+    summary: ScanSummary,
+}
+
+/// Rescans the programs, reads the ledger, the leak events and the
+/// counters, and builds the leak report.
+fn scan(
+    session: &mut Session,
+    programs: &mut Programs,
+    hup: bool,
+    args: &LeaksArgs,
+    log: &Logger,
+) -> Result<Scan> {
+    programs.rescan(session, hup, log);
+    let refs = session.probes.read_ledger()?;
+    let run_leaks = session.probes.take_events()?.run_leaks;
+    let snapshot = session.probes.read()?;
+    let report = LeakReport::build(
+        &refs,
+        run_leaks,
+        monotonic_ns(),
+        args.older_than.as_nanos() as u64,
+        &|id| session.program_name(id),
+    );
+    // The loss counters since start, as `stat` computes them.
+    let drops = IntervalStats::compute(&snapshot, 1.0, &[], Grouping::Helper, &*session).drops;
+    let mut ledger_programs: Vec<u32> = refs.iter().map(|r| r.prog_id).collect();
+    ledger_programs.sort_unstable();
+    ledger_programs.dedup();
+    let summary = ScanSummary {
+        outstanding_sockets: report.outstanding_sockets,
+        leaked_sockets: report.leaked_sockets,
+        leaked_references: report.leaked_references,
+        unmatched_releases: snapshot.counters.release_unmatched.iter().sum(),
+    };
+    Ok(Scan {
+        report,
+        drops,
+        ledger_programs,
+        summary,
+    })
+}
+
+/// The fields of the summary and stop lines.
+fn summary_fields(
+    started: Instant,
+    programs: &Programs,
+    leaks: &LeakWatch,
+    drops: &DropWatch,
+    state: &WatchState,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let last = state.last.clone().unwrap_or_default();
+    let t = &leaks.totals;
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| crate::export::procstat::parse_rss(&s))
+        .unwrap_or(0);
+    vec![
+        ("uptime_s", started.elapsed().as_secs().into()),
+        ("programs", programs.len().into()),
+        ("outstanding_sockets", last.outstanding_sockets.into()),
+        ("leaked_sockets", last.leaked_sockets.into()),
+        ("leaked_references", last.leaked_references.into()),
+        ("groups_tracked", leaks.tracked().into()),
+        ("groups_untracked", leaks.untracked().into()),
+        ("groups_seen_total", t.groups_seen.into()),
+        ("references_leaked_total", t.references_leaked.into()),
+        (
+            "references_released_late_total",
+            t.references_released_late.into(),
+        ),
+        ("groups_resolved_total", t.groups_resolved.into()),
+        ("run_leaks_total", t.run_leaks.into()),
+        ("groups_overflow_total", t.groups_overflow.into()),
+        ("drops_total", drops.total().into()),
+        (
+            "ledger_full_total",
+            drops.reason_total("ledger_full").into(),
+        ),
+        (
+            "events_lost_total",
+            drops.reason_total("events_lost").into(),
+        ),
+        ("unmatched_releases", last.unmatched_releases.into()),
+        ("scans", t.scans.into()),
+        ("scan_errors", state.scan_errors.into()),
+        ("rss_bytes", rss.into()),
+    ]
+}
+
+/// Logs what a scan changed. Stacks are symbolized only for groups logged
+/// (kallsyms read at most once per scan).
+fn log_events(
+    events: Vec<WatchEvent>,
+    session: &Session,
+    args: &LeaksArgs,
+    leaks: &LeakWatch,
+    log: &Logger,
+) {
+    let mut ksyms: Option<Option<Ksyms>> = None;
+    let mut stack_of = |id: i32| -> String {
+        let k = ksyms.get_or_insert_with(|| Ksyms::load().ok());
+        let (Some(k), Ok(frames)) = (k.as_ref(), session.probes.read_stack(id)) else {
+            return String::new();
+        };
+        let frames = trim_probe_frames(frames.iter().map(|&ip| k.resolve(ip)).collect());
+        frames
+            .iter()
+            .take(STACK_FRAMES_LOGGED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" <- ")
+    };
+    for ev in events {
+        match ev {
+            WatchEvent::New(g) => {
+                let fields = group_fields(&g, args, &mut stack_of);
+                log.log_values(Level::Warn, "leak", &fields);
+            }
+            WatchEvent::Grew { group, before } => {
+                let mut fields = group_fields(&group, args, &mut stack_of);
+                fields.push(("before", before.into()));
+                log.log_values(Level::Warn, "leak grew", &fields);
+            }
+            WatchEvent::PartlyReleased { group, released } => log.log_values(
+                Level::Info,
+                "leak partly released",
+                &[
+                    ("program", group.prog_name.clone().into()),
+                    ("prog_id", group.prog_id.into()),
+                    ("helper", group.helper.into()),
+                    ("stack_id", group.stack_id.into()),
+                    ("released", released.into()),
+                    ("count", group.references.into()),
+                    ("age_ms", group.oldest_age_ms.round().into()),
+                ],
+            ),
+            WatchEvent::Resolved(r) => log.log_values(
+                Level::Info,
+                "leak resolved",
+                &[
+                    ("program", r.prog_name.into()),
+                    ("prog_id", r.prog_id.into()),
+                    ("helper", r.helper.into()),
+                    ("stack_id", r.stack_id.into()),
+                    ("released", r.released.into()),
+                    ("peak", r.peak.into()),
+                    ("age_ms", r.oldest_age_ms.round().into()),
+                    ("tracked_s", (r.tracked_ms / 1000).into()),
+                ],
+            ),
+            WatchEvent::RunLeaks {
+                program,
+                helper,
+                count,
+            } => log.log_values(
+                Level::Warn,
+                "run leak",
+                &[
+                    ("program", program.into()),
+                    ("helper", helper.into()),
+                    ("count", count.into()),
+                ],
+            ),
+            WatchEvent::Overflow {
+                untracked,
+                max_groups,
+            } => log.log_values(
+                Level::Warn,
+                "leak groups over --max-groups",
+                &[
+                    ("untracked", untracked.into()),
+                    ("max_groups", max_groups.into()),
+                    ("groups_overflow_total", leaks.totals.groups_overflow.into()),
+                ],
+            ),
+        }
+    }
+}
+
+/// A new or grown group's fields.
+fn group_fields(
+    g: &LeakGroup,
+    args: &LeaksArgs,
+    stack_of: &mut dyn FnMut(i32) -> String,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let mut f: Vec<(&'static str, serde_json::Value)> = vec![
+        ("program", g.prog_name.clone().into()),
+        ("prog_id", g.prog_id.into()),
+        ("helper", g.helper.into()),
+        ("count", g.references.into()),
+        ("sockets", g.sockets.into()),
+        ("age_ms", g.oldest_age_ms.round().into()),
+        ("netns", g.netns.clone().into()),
+        ("states", g.states.clone().into()),
+    ];
+    if args.session.stacks {
+        f.push(("stack_id", g.stack_id.into()));
+        if g.stack_id >= 0 {
+            f.push(("stack", stack_of(g.stack_id).into()));
+        }
+    }
+    if args.log_tuples {
+        f.push(("tuples", g.tuples.clone().into()));
+    }
+    f
 }
 
 #[cfg(test)]

@@ -54,6 +54,23 @@ pub fn format_line(
     msg: &str,
     fields: &[(&str, String)],
 ) -> String {
+    let fields: Vec<(&str, serde_json::Value)> = fields
+        .iter()
+        .map(|(k, v)| (*k, serde_json::Value::from(v.as_str())))
+        .collect();
+    format_values(format, unix_ms, level, msg, &fields)
+}
+
+/// One log line with typed values: in JSON, numbers, booleans, arrays
+/// stay what they are; in text, strings are written as logfmt values and
+/// anything else as its JSON text.
+pub fn format_values(
+    format: LogFormat,
+    unix_ms: u128,
+    level: Level,
+    msg: &str,
+    fields: &[(&str, serde_json::Value)],
+) -> String {
     let ts = rfc3339_ms(unix_ms);
     match format {
         LogFormat::Json => {
@@ -62,14 +79,18 @@ pub fn format_line(
             m.insert("level".into(), level.name().into());
             m.insert("msg".into(), msg.into());
             for (k, v) in fields {
-                m.insert((*k).into(), v.clone().into());
+                m.insert((*k).into(), v.clone());
             }
             serde_json::Value::Object(m).to_string()
         }
         LogFormat::Text => {
             let mut s = format!("ts={ts} level={} msg={}", level.name(), logfmt_value(msg));
             for (k, v) in fields {
-                s += &format!(" {k}={}", logfmt_value(v));
+                let v = match v {
+                    serde_json::Value::String(x) => logfmt_value(x),
+                    x => logfmt_value(&x.to_string()),
+                };
+                s += &format!(" {k}={v}");
             }
             s
         }
@@ -108,11 +129,20 @@ pub struct Logger {
 
 impl Logger {
     pub fn log(&self, level: Level, msg: &str, fields: &[(&str, String)]) {
+        let fields: Vec<(&str, serde_json::Value)> = fields
+            .iter()
+            .map(|(k, v)| (*k, serde_json::Value::from(v.as_str())))
+            .collect();
+        self.log_values(level, msg, &fields);
+    }
+
+    /// A line with typed values (see [`format_values`]).
+    pub fn log_values(&self, level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        let line = format_line(self.format, ms, level, msg, fields);
+        let line = format_values(self.format, ms, level, msg, fields);
         // A closed stderr must not stop the daemon: the line is lost.
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
@@ -176,5 +206,25 @@ mod tests {
         assert_eq!(v["level"], "info");
         assert_eq!(v["msg"], "rescan");
         assert_eq!(v["programs"], "3");
+    }
+
+    #[test]
+    fn typed_values_stay_typed_in_json_and_bare_in_text() {
+        let fields = [
+            ("count", serde_json::json!(20)),
+            ("netns", serde_json::json!([4026531840u32])),
+            ("program", serde_json::json!("wl tc[7]")),
+        ];
+        let j = format_values(LogFormat::Json, 0, Level::Warn, "leak", &fields);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["count"], 20);
+        assert_eq!(v["netns"][0], 4026531840u32);
+        assert_eq!(v["program"], "wl tc[7]");
+        let t = format_values(LogFormat::Text, 0, Level::Warn, "leak", &fields);
+        assert_eq!(
+            t,
+            "ts=1970-01-01T00:00:00.000Z level=warn msg=leak count=20 netns=[4026531840] \
+             program=\"wl tc[7]\""
+        );
     }
 }

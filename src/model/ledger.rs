@@ -143,6 +143,9 @@ pub struct LeakGroup {
     pub oldest_age_ms: f64,
     /// Distinct tuples, at most `TUPLES_SHOWN`.
     pub tuples: Vec<String>,
+    /// Distinct network namespaces (inode numbers) of the lookups, at
+    /// most `TUPLES_SHOWN`.
+    pub netns: Vec<u32>,
     /// Socket classes and states seen, e.g. "established(1)".
     pub states: Vec<String>,
 }
@@ -217,6 +220,7 @@ impl LeakReport {
             references: u64,
             oldest: u64,
             tuples: BTreeSet<Tuple>,
+            netns: BTreeSet<u32>,
             states: BTreeMap<String, u64>,
         }
         let mut groups: BTreeMap<Key, Acc> = BTreeMap::new();
@@ -235,6 +239,7 @@ impl LeakReport {
                     references: 0,
                     oldest: 0,
                     tuples: BTreeSet::new(),
+                    netns: BTreeSet::new(),
                     states: BTreeMap::new(),
                 });
             g.sockets += 1;
@@ -242,6 +247,9 @@ impl LeakReport {
             g.oldest = g.oldest.max(age);
             if g.tuples.len() < TUPLES_SHOWN {
                 g.tuples.insert(r.tuple.clone());
+            }
+            if g.netns.len() < TUPLES_SHOWN {
+                g.netns.insert(r.netns);
             }
             *g.states
                 .entry(format!("{} {}", r.class.name(), state_name(r.state)))
@@ -259,6 +267,7 @@ impl LeakReport {
                 references: a.references,
                 oldest_age_ms: a.oldest as f64 / 1e6,
                 tuples: a.tuples.iter().map(|t| t.to_string()).collect(),
+                netns: a.netns.into_iter().collect(),
                 states: a.states.iter().map(|(s, n)| format!("{s} ({n})")).collect(),
             })
             .collect();
@@ -406,6 +415,7 @@ mod tests {
             vec!["127.0.0.1:40000 -> 127.0.0.1:80"]
         );
         assert_eq!(rep.groups[2].states, vec!["time_wait TIME_WAIT (1)"]);
+        assert_eq!(rep.groups[2].netns, vec![4026531840]);
         assert_eq!(rep.run_leaks.len(), 1);
         assert_eq!(rep.run_leaks[0].prog_name, "prog12");
 

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod hist;
 pub mod ids;
+pub mod leak_watch;
 pub mod ledger;
 pub mod ledger_model;
 pub mod snapshot;

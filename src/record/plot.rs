@@ -250,8 +250,15 @@ pub struct Line {
     pub helper: &'static str,
     /// Colour index (the helper's index in the recording).
     pub color: usize,
-    /// (seconds since the baseline, value).
-    pub points: Vec<(f64, f64)>,
+    /// (seconds since the baseline, value), in runs of consecutive
+    /// intervals: a line is not drawn across an interval without a value.
+    pub runs: Vec<Vec<(f64, f64)>>,
+}
+
+impl Line {
+    pub fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.runs.iter().flatten().copied()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +271,8 @@ pub enum Metric {
 
 /// A line per helper that was called in the recording. Latencies and the
 /// hit ratio have no value in an interval without calls: such intervals
-/// are gaps (left out), where calls/s is 0.
+/// are gaps, which end a run (a line across them would show values that
+/// were never measured), where calls/s is 0.
 pub fn lines(s: &Summary, m: Metric) -> Vec<Line> {
     let called: Vec<(usize, &'static str)> = s
         .totals
@@ -277,25 +285,31 @@ pub fn lines(s: &Summary, m: Metric) -> Vec<Line> {
     called
         .into_iter()
         .map(|(i, helper)| {
-            let points = s
-                .series
-                .iter()
-                .filter_map(|p| {
-                    let h = p.helpers.iter().find(|h| h.helper == helper)?;
-                    let v = match m {
-                        Metric::CallsPerS => return Some((p.elapsed_s, h.calls_per_s)),
-                        _ if h.calls == 0 => return None,
-                        Metric::P50 => h.p50_ns as f64,
-                        Metric::P99 => h.p99_ns as f64,
-                        Metric::HitPct => h.hit_pct,
-                    };
-                    Some((p.elapsed_s, v))
-                })
-                .collect();
+            let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+            let mut run = Vec::new();
+            for p in &s.series {
+                let h = p.helpers.iter().find(|h| h.helper == helper);
+                let v = match (m, h) {
+                    (Metric::CallsPerS, Some(h)) => Some(h.calls_per_s),
+                    (_, None) => None,
+                    (_, Some(h)) if h.calls == 0 => None,
+                    (Metric::P50, Some(h)) => Some(h.p50_ns as f64),
+                    (Metric::P99, Some(h)) => Some(h.p99_ns as f64),
+                    (Metric::HitPct, Some(h)) => Some(h.hit_pct),
+                };
+                match v {
+                    Some(v) => run.push((p.elapsed_s, v)),
+                    None if !run.is_empty() => runs.push(std::mem::take(&mut run)),
+                    None => {}
+                }
+            }
+            if !run.is_empty() {
+                runs.push(run);
+            }
             Line {
                 helper,
                 color: i,
-                points,
+                runs,
             }
         })
         .collect()
@@ -303,9 +317,47 @@ pub fn lines(s: &Summary, m: Metric) -> Vec<Line> {
 
 /// The smallest and largest value of the lines (None without points).
 pub fn value_span(lines: &[Line]) -> Option<(f64, f64)> {
-    let mut it = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+    let mut it = lines.iter().flat_map(|l| l.points().map(|p| p.1));
     let first = it.next()?;
     Some(it.fold((first, first), |(a, b), v| (a.min(v), b.max(v))))
+}
+
+/// One interval's calls/s, stacked by helper: (colour, bottom, top).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    /// The interval, in seconds since the baseline.
+    pub from: f64,
+    pub to: f64,
+    pub parts: Vec<(usize, f64, f64)>,
+}
+
+/// Calls/s per interval as stacked columns, helpers in the recording's
+/// order: bursts of different helpers (as the workload makes them) stay
+/// readable where a dozen lines would cross, and the column's top is the
+/// total.
+pub fn rate_columns(s: &Summary) -> Vec<Column> {
+    s.series
+        .iter()
+        .map(|p| {
+            let mut top = 0.0;
+            let parts = p
+                .helpers
+                .iter()
+                .filter(|h| h.calls > 0)
+                .filter_map(|h| {
+                    let i = s.totals.helpers.iter().position(|t| t.helper == h.helper)?;
+                    let bottom = top;
+                    top += h.calls_per_s;
+                    Some((i, bottom, top))
+                })
+                .collect();
+            Column {
+                from: p.elapsed_s - p.interval_s,
+                to: p.elapsed_s,
+                parts,
+            }
+        })
+        .collect()
 }
 
 /// The time axis: from the baseline to the last reading.
@@ -509,24 +561,19 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Summary, f: &Figu
         Kind::Rate => {
             let (panels, legend) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
             let (top, bottom) = panels.split_vertically(panels.dim_in_pixel().1 / 2);
-            let rate = lines(s, Metric::CallsPerS);
+            let columns = rate_columns(s);
             let hit = lines(s, Metric::HitPct);
             let x = time_range(s);
-            let max = value_span(&rate).map_or(1.0, |v| v.1);
-            linear_panel(
-                &top,
-                "calls/s",
-                &rate,
-                x.clone(),
-                linear_range(max, 1.1),
-                &|v| count_label(*v),
-            )
-            .map_err(&e)?;
+            let max = columns
+                .iter()
+                .filter_map(|c| c.parts.last().map(|p| p.2))
+                .fold(0.0, f64::max);
+            rate_panel(&top, &columns, x.clone(), linear_range(max, 1.1)).map_err(&e)?;
             linear_panel(&bottom, "hit %", &hit, x, 0.0..105.0, &|v| {
                 format!("{v:.0}%")
             })
             .map_err(&e)?;
-            draw_legend(&legend, &rate).map_err(&e)
+            draw_legend(&legend, &lines(s, Metric::CallsPerS)).map_err(&e)
         }
         Kind::Programs => {
             let (bars, hidden) = program_bars(s, PROGRAM_ROWS);
@@ -615,13 +662,16 @@ fn draw_lines<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
     chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, Y>>,
     lines: &[Line],
 ) -> DrawResult<DB> {
+    let points: usize = lines.iter().map(|l| l.points().count()).sum();
     for l in lines {
         let c = color(l.color);
-        chart.draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))?;
-        // Dots show single readings and the gaps' edges; too many would
-        // blot the line.
-        if l.points.len() <= 120 {
-            chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        for run in &l.runs {
+            chart.draw_series(LineSeries::new(run.iter().copied(), c.stroke_width(2)))?;
+            // A lone reading has no line: a dot shows it. Dots on every
+            // reading only while they do not blot the lines.
+            if run.len() == 1 || points <= 60 {
+                chart.draw_series(run.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            }
         }
     }
     Ok(())
@@ -652,6 +702,38 @@ fn latency_panel<DB: DrawingBackend>(
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
     draw_lines(&mut chart, lines)
+}
+
+fn rate_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    columns: &[Column],
+    x: Range<f64>,
+    y: Range<f64>,
+) -> DrawResult<DB> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(10)
+        .y_labels(6)
+        .x_label_formatter(&|v| format!("{v:.0} s"))
+        .y_label_formatter(&|v| count_label(*v))
+        .x_desc("time since start")
+        .y_desc("calls/s (stacked by helper)")
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    chart.draw_series(columns.iter().flat_map(|c| {
+        c.parts.iter().map(|&(i, lo, hi)| {
+            Rectangle::new([(c.from, lo), (c.to, hi)], color(i).mix(0.85).filled())
+        })
+    }))?;
+    Ok(())
 }
 
 fn linear_panel<DB: DrawingBackend>(
@@ -921,7 +1003,7 @@ mod tests {
             .iter()
             .find(|l| l.helper == "bpf_tc_sk_lookup_tcp")
             .unwrap();
-        assert_eq!(tc.points, [(1.0, 150.0), (2.0, 150.0), (3.0, 150.0)]);
+        assert_eq!(tc.runs, [vec![(1.0, 150.0), (2.0, 150.0), (3.0, 150.0)]]);
         assert_eq!(tc.color, 1);
         // No calls in the second interval: calls/s 0, no p99 and no hit %.
         for h in &mut s.series[1].helpers {
@@ -929,14 +1011,30 @@ mod tests {
             h.calls_per_s = 0.0;
         }
         let rate = lines(&s, Metric::CallsPerS);
-        assert_eq!(rate[1].points[1], (2.0, 0.0));
+        assert_eq!(rate[1].runs.len(), 1);
+        assert_eq!(rate[1].runs[0][1], (2.0, 0.0));
+        // The gap splits the latency and hit lines in two runs.
         let p99 = lines(&s, Metric::P99);
-        assert_eq!(
-            p99[1].points.iter().map(|p| p.0).collect::<Vec<_>>(),
-            [1.0, 3.0]
-        );
+        let runs: Vec<Vec<f64>> = p99[1]
+            .runs
+            .iter()
+            .map(|r| r.iter().map(|p| p.0).collect())
+            .collect();
+        assert_eq!(runs, [[1.0], [3.0]]);
         let hit = lines(&s, Metric::HitPct);
-        assert_eq!(hit[1].points, [(1.0, 100.0), (3.0, 100.0)]);
+        assert_eq!(hit[1].runs, [[(1.0, 100.0)], [(3.0, 100.0)]]);
+        assert_eq!(hit[1].points().count(), 2);
+        // Calls/s stacks: the second interval has no column parts.
+        let cols = rate_columns(&s);
+        assert_eq!(cols.len(), 3);
+        assert!(cols[1].parts.is_empty());
+        assert_eq!((cols[0].from, cols[0].to), (0.0, 1.0));
+        let top = cols[0].parts.last().unwrap().2;
+        let sum: f64 = s.series[0].helpers.iter().map(|h| h.calls_per_s).sum();
+        assert_eq!(top, sum);
+        for w in cols[0].parts.windows(2) {
+            assert_eq!(w[0].2, w[1].1, "stacked");
+        }
         let span = value_span(&p99).unwrap();
         assert!(span.0 > 0.0 && span.0 <= span.1);
         assert_eq!(value_span(&[]), None);

@@ -5,7 +5,6 @@ pub mod bench;
 pub mod bench_report;
 pub mod calibrate;
 pub mod check;
-pub mod daemon;
 pub mod export;
 pub mod leaks;
 pub mod record;
@@ -59,8 +58,7 @@ pub enum Command {
     Top(top::TopArgs),
     /// List socket references acquired by traced lookups and not released
     /// after --older-than, grouped by program, helper and kernel stack, and
-    /// every traced program run that ended holding one (exit code 5); with
-    /// --watch, a daemon logging each leak once as structured lines.
+    /// every traced program run that ended holding one (exit code 5).
     Leaks(leaks::LeaksArgs),
     /// Measure what tracing costs per program run: the workload's tc program
     /// with no tracer, with the helper probes, and with attribution too.
@@ -264,6 +262,7 @@ impl Session {
             max_series: args.max_series,
             ledger_stacks: args.stacks,
             ledger_trace,
+            places: args.places,
         };
         // Calibration times the workload before and after the probes
         // attach; a failure costs only the figure.
@@ -272,7 +271,6 @@ impl Session {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
-            places: args.places,
                     None
                 }
             }

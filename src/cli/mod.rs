@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_report;
 pub mod calibrate;
 pub mod check;
+pub mod daemon;
 pub mod export;
 pub mod leaks;
 pub mod record;
@@ -58,7 +59,8 @@ pub enum Command {
     Top(top::TopArgs),
     /// List socket references acquired by traced lookups and not released
     /// after --older-than, grouped by program, helper and kernel stack, and
-    /// every traced program run that ended holding one (exit code 5).
+    /// every traced program run that ended holding one (exit code 5); with
+    /// --watch, a daemon logging each leak once as structured lines.
     Leaks(leaks::LeaksArgs),
     /// Measure what tracing costs per program run: the workload's tc program
     /// with no tracer, with the helper probes, and with attribution too.

@@ -618,6 +618,7 @@ fn watch(args: &LeaksArgs) -> Result<()> {
                         .collect();
                     session.names.retain(|id, _| keep.contains(id));
                     state.last = Some(s.summary);
+                    state.last_error = None;
                 }
                 Err(e) => {
                     state.scan_errors += 1;
@@ -923,6 +924,41 @@ mod tests {
     }
     use crate::model::ids::{Helper, SockClass};
     use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
+
+    #[test]
+    fn watch_flags_parse_and_conflict() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["skprof", "leaks"], args].concat()).map(|c| match c.command {
+                Command::Leaks(a) => a,
+                _ => panic!("not leaks"),
+            })
+        };
+        let a = parse(&["--watch"]).unwrap();
+        assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!((a.summary_interval, a.max_groups), (60.0, 1024));
+        assert!(!a.log_tuples && !a.exit_on_leak);
+        let a = parse(&["2", "--watch", "--log-format", "json", "--max-groups", "5"]).unwrap();
+        assert_eq!(
+            (a.interval, a.log_format, a.max_groups),
+            (2.0, LogFormat::Json, 5)
+        );
+        // Daemon flags need --watch; reports and traces are not for it.
+        for bad in [
+            &["--log-format", "json"][..],
+            &["--summary-interval", "5"],
+            &["--max-groups", "5"],
+            &["--log-tuples"],
+            &["--watch", "--json"],
+            &["--watch", "--trace", "/tmp/x"],
+            &["--watch", "--no-ledger"],
+            &["--watch", "--max-groups", "0"],
+            &["--watch", "--summary-interval", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ages_parse() {

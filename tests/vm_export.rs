@@ -29,8 +29,9 @@ use openmetrics_parser::{OpenMetricsType, OpenMetricsValue};
 use serde_json::Value;
 use skprof::export::dashboards;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 /// The exporter's port in the guest.
 const GUEST_PORT: u16 = 9435;
 /// Prometheus's scrape interval here, and the load test's latency limit.
@@ -64,7 +65,7 @@ struct VmRun {
 fn spawn_vm(kernel: &str, host_port: u16, timeout_s: u64, script: String) -> JoinHandle<VmRun> {
     let kernel = kernel.to_string();
     thread::spawn(move || {
-        let out = Command::new(SKPROF_VM)
+        let out = Command::new(common::SKPROF_VM)
             .args([
                 "run",
                 "--kernel",
@@ -99,11 +100,8 @@ while [ ! -e {b}.done ] && [ $i -lt 6000 ]; do sleep 0.2; i=$((i+1)); done
 kill -TERM $pid
 wait $pid
 echo "exit $?"
-probes() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe)_' ; }}
-i=0
-while [ "$(probes)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-echo "after $(probes) $(bpftool link show 2>/dev/null | grep -c '^[0-9]')"
-"#
+{detached}"#,
+        detached = common::detach_check("fentry|fexit|kprobe|kretprobe")
     )
 }
 

@@ -18,8 +18,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 fn tmp_base(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("skprof-leaks-watch-{}-{tag}", std::process::id()))
@@ -59,26 +60,10 @@ wait_for {b}.err 'SIGHUP: programs rescanned'
 kill -TERM $pid
 wait $pid
 echo "exit $?"
-probes() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe|wl)_' ; }}
-i=0
-while [ "$(probes)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-echo "after $(probes) $(bpftool link show 2>/dev/null | grep -c '^[0-9]')"
-"#
+{detached}"#,
+        detached = common::detach_check("fentry|fexit|kprobe|kretprobe|wl")
     );
-    let out = Command::new(SKPROF_VM)
-        .args([
-            "run",
-            "--kernel",
-            kernel,
-            "--timeout",
-            "400",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .output()
-        .expect("run skprof-vm");
+    let out = common::guest_sh(kernel, 400, &script);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = std::fs::read_to_string(format!("{b}.err")).unwrap_or_default();
     for ext in ["out", "err"] {
@@ -192,7 +177,7 @@ echo "after $(probes) $(bpftool link show 2>/dev/null | grep -c '^[0-9]')"
 /// `--max-groups 1 --exit-on-leak`: one group remembered, the others
 /// counted, exit code 5 at the first scan with a leak.
 fn exit_on_leak(kernel: &str) {
-    let out = Command::new(SKPROF_VM)
+    let out = Command::new(common::SKPROF_VM)
         .args(["run", "--kernel", kernel, "--timeout", "400", "--", SKPROF])
         .args([
             "leaks",

@@ -2,12 +2,11 @@
 //! (`skprof-vm`, qemu TCG) on the built-in workload, and its counts must
 //! equal the workload's own ground truth exactly.
 
-use std::process::Command;
-
 use serde_json::Value;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 /// Lookups per workload case.
 const N: u64 = 40;
@@ -20,20 +19,7 @@ struct Run {
 
 /// Runs a shell script in a guest of the given kernel series.
 fn in_vm(kernel: &str, script: &str) -> Run {
-    let out = Command::new(SKPROF_VM)
-        .args([
-            "run",
-            "--kernel",
-            kernel,
-            "--timeout",
-            "400",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .expect("run skprof-vm");
+    let out = common::guest_sh(kernel, 400, script);
     let run = Run {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -10,28 +10,16 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 /// Lookups per workload case.
 const N: u64 = 40;
 
 /// Runs a shell script in a guest; returns its stdout.
 fn in_vm(kernel: &str, script: &str) -> String {
-    let out = Command::new(SKPROF_VM)
-        .args([
-            "run",
-            "--kernel",
-            kernel,
-            "--timeout",
-            "500",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .expect("run skprof-vm");
+    let out = common::guest_sh(kernel, 500, script);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -389,23 +389,7 @@ pub fn page(s: &Summary) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::summary::summarize;
-    use crate::record::tests::{meta, readings};
-    use crate::record::Recording;
-
-    fn summary(truncated: bool) -> Summary {
-        summarize(&Recording {
-            path: "x".into(),
-            format_version: 1,
-            meta: meta(),
-            intervals: readings(3),
-            leaks: Vec::new(),
-            workload: None,
-            truncated,
-            warning: None,
-        })
-        .unwrap()
-    }
+    use crate::record::tests::summary_of_three as summary;
 
     fn parse(html: &str) -> roxmltree::Document<'_> {
         let opt = roxmltree::ParsingOptions {

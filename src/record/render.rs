@@ -564,23 +564,7 @@ fn compare_md(c: &Comparison) -> String {
 mod tests {
     use super::*;
     use crate::record::compare::compare;
-    use crate::record::summary::summarize;
-    use crate::record::tests::{meta, readings};
-    use crate::record::Recording;
-
-    fn summary(truncated: bool) -> Summary {
-        summarize(&Recording {
-            path: "x".into(),
-            format_version: 1,
-            meta: meta(),
-            intervals: readings(3),
-            leaks: Vec::new(),
-            workload: None,
-            truncated,
-            warning: None,
-        })
-        .unwrap()
-    }
+    use crate::record::tests::summary_of_three as summary;
 
     #[test]
     fn utc_dates() {

@@ -92,6 +92,22 @@ pub fn label(slot: u32, id: u32, name: &str) -> ProgramRef {
 
 /// Cumulative readings `0..n` of two programs (slots 1 and 2) and an
 /// untraced caller, growing each interval: reading `i` has `i` rounds.
+/// The summary of three `readings`, as a recording (cut off or not)
+/// would give it: the report formats' tests start from it.
+pub fn summary_of_three(truncated: bool) -> summary::Summary {
+    summary::summarize(&Recording {
+        path: "x".into(),
+        format_version: 1,
+        meta: meta(),
+        intervals: readings(3),
+        leaks: Vec::new(),
+        workload: None,
+        truncated,
+        warning: None,
+    })
+    .unwrap()
+}
+
 pub fn readings(n: u64) -> Vec<Interval> {
     use SockClass::*;
     (0..n)

@@ -672,17 +672,28 @@ fn a_panic_restores_the_terminal() {
     let path = std::env::temp_dir().join(format!("skprof-e2e-panic-{}.skrec", std::process::id()));
     write_recording(&path);
     let stty = std::env::temp_dir().join(format!("skprof-e2e-panic-{}.stty", std::process::id()));
+    let code = std::env::temp_dir().join(format!("skprof-e2e-panic-{}.code", std::process::id()));
+    // The shell stays after skprof (sleep): tmux reports a dead pane's
+    // cursor as hidden, whatever the program left.
     let t = Tmux::start("panic", 120, 30, &|log| {
         format!(
             "SKPROF_TEST_PANIC_IN_TOP=1 {SKPROF} top --replay {} 2>{}; code=$?; \
-             stty -a >{}; (exit $code)",
+             stty -a >{}; echo $code >{}; sleep 60",
             path.display(),
             log.display(),
-            stty.display()
+            stty.display(),
+            code.display()
         )
     });
-    let status = t.wait_exit(Duration::from_secs(30));
-    let end = t.screen();
+    let read_code = || {
+        std::fs::read_to_string(&code)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    let end = t.wait_for("skprof's exit", Duration::from_secs(30), |_| {
+        read_code().is_some()
+    });
+    let status = read_code().unwrap();
     assert_eq!(status, 101, "a panic exits with 101:\n{end}");
     let log = std::fs::read_to_string(&t.log).unwrap_or_default();
     assert!(log.contains("injected panic"), "stderr: {log}");
@@ -703,6 +714,7 @@ fn a_panic_restores_the_terminal() {
     }
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&stty);
+    let _ = std::fs::remove_file(&code);
 }
 
 /// The terminal follows a resize (the table drops columns at 80x24) and is

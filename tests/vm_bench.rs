@@ -30,7 +30,7 @@ fn bench(kernel: &str, extra: &[&str]) -> Value {
 
 fn check(kernel: &str) {
     // One pass, two cases and one run each keep it short in a loaded TCG
-    // guest: loading and attaching the eight configurations is most of the
+    // guest: loading and attaching the nine configurations is most of the
     // time. (How ratios spread over passes is unit-tested in src/cli/bench.rs.)
     let v = bench(
         kernel,
@@ -39,6 +39,7 @@ fn check(kernel: &str) {
     let configs = [
         "none",
         "floor",
+        "floor_prog",
         "aggregation",
         "ledger",
         "attribution",
@@ -82,6 +83,14 @@ fn check(kernel: &str) {
             r["x_none"].as_f64().is_some_and(|x| x > 0.0),
             "{kernel}: {r}"
         );
+        // Attribution by tracing is measured against the floor with the
+        // program pair, the others against the helpers' floor.
+        let floor = if r["config"] == "attribution" || r["config"] == "places" {
+            "floor_prog"
+        } else {
+            "floor"
+        };
+        assert_eq!(r["floor"], floor, "{kernel}: {r}");
     }
     assert!(v["spread"].as_array().unwrap().is_empty(), "one pass");
     // TCG has no PMU: said in one line, no counts.

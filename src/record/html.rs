@@ -200,14 +200,7 @@ fn helper_table(out: &mut String, s: &Summary) {
         leaked_total.to_string(),
     );
     out.push_str("</tr>\n</tbody>\n</table>\n");
-    let balance = if t.acquired == rel.dropped {
-        "balanced".to_string()
-    } else {
-        format!(
-            "released {:+} against acquired (references in flight at the edges, or leaks)",
-            rel.dropped as i128 - t.acquired as i128
-        )
-    };
+    let balance = super::render::balance(t);
     let _ = writeln!(
         out,
         "<p id=\"balance\">Acquired {} → released {}: {}. {} released a reference no traced lookup took.</p>",

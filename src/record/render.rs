@@ -266,16 +266,22 @@ fn program_label(r: &HelperStats) -> String {
     }
 }
 
-fn release_lines(out: &mut String, t: &IntervalStats) {
-    let rel = &t.release;
-    let balance = if t.acquired == rel.dropped {
+/// Whether the references acquired were all released, in words (the
+/// Markdown and HTML reports say it the same way).
+pub fn balance(t: &IntervalStats) -> String {
+    if t.acquired == t.release.dropped {
         "balanced".to_string()
     } else {
         format!(
-            "released {:+} (references in flight at the edges)",
-            rel.dropped as i128 - t.acquired as i128
+            "released {:+} against acquired (references in flight at the edges, or leaks)",
+            t.release.dropped as i128 - t.acquired as i128
         )
-    };
+    }
+}
+
+fn release_lines(out: &mut String, t: &IntervalStats) {
+    let rel = &t.release;
+    let balance = balance(t);
     let _ = writeln!(
         out,
         "\n**bpf_sk_release:** {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} → {balance}.",

@@ -16,7 +16,7 @@ use crate::model::snapshot::{HelperStats, ProgramRef};
 
 use super::plot;
 use super::render::utc;
-use super::summary::{Summary, LEAK_AGE_NS};
+use super::summary::Summary;
 
 /// `s` as HTML text or attribute value.
 pub fn esc(s: &str) -> String {
@@ -336,14 +336,7 @@ pub fn page(s: &Summary) -> Result<String> {
     );
 
     let l = &s.leaks;
-    let ledger = match &l.ledger {
-        Some(r) => format!(
-            "{} references outstanding for over {} ms at the end",
-            r.leaked_references,
-            LEAK_AGE_NS / 1_000_000
-        ),
-        None => "no ledger scan at the end".to_string(),
-    };
+    let ledger = super::render::ledger_sentence(l);
     let _ = writeln!(
         out,
         "<h2>Leaks</h2>\n<p id=\"leaks\"{}>{} traced program runs ended holding a reference; {}.</p>",

@@ -266,6 +266,18 @@ fn program_label(r: &HelperStats) -> String {
     }
 }
 
+/// What the last ledger scan found, in words (Markdown and HTML alike).
+pub fn ledger_sentence(l: &super::summary::LeakSummary) -> String {
+    match &l.ledger {
+        Some(r) => format!(
+            "{} references outstanding for over {} ms at the end",
+            r.leaked_references,
+            LEAK_AGE_NS / 1_000_000
+        ),
+        None => "no ledger scan at the end".to_string(),
+    }
+}
+
 /// Whether the references acquired were all released, in words (the
 /// Markdown and HTML reports say it the same way).
 pub fn balance(t: &IntervalStats) -> String {
@@ -368,14 +380,7 @@ fn summary_md(s: &Summary) -> String {
     }
     release_lines(&mut out, &s.totals);
     let l = &s.leaks;
-    let ledger = match &l.ledger {
-        Some(r) => format!(
-            "{} references outstanding for over {} ms at the end",
-            r.leaked_references,
-            LEAK_AGE_NS / 1_000_000
-        ),
-        None => "no ledger scan at the end".to_string(),
-    };
+    let ledger = ledger_sentence(l);
     let _ = writeln!(
         out,
         "\n**Leaks:** {} traced program runs ended holding a reference; {ledger}.",

@@ -219,6 +219,13 @@ pub fn init_script(plan: &GuestPlan) -> Result<String> {
 /// the boot-time IRQ check, and the kernel panics ("IO-APIC + timer doesn't
 /// work", seen with 4 busy processes on 2 cores); the check only guards
 /// against broken hardware timers, which qemu's are not.
+/// `tsc=reliable`: the 6.1 kernel's TSC synchronization check fails between
+/// TCG's vCPUs ("Marking TSC unstable due to TSCs unsynchronized") and it
+/// falls back to the HPET, so every clock read (each `bpf_ktime_get_ns()`
+/// of the probes) becomes an emulated MMIO access of about 250 ns. No real
+/// host times lookups with the HPET, and 6.12 keeps the TSC, so the
+/// benchmark would compare the kernels' clocks, not the probes. TCG derives
+/// every vCPU's TSC from one host clock: they are in sync.
 pub fn kernel_cmdline(init: &Path) -> Result<String> {
     let init = path_str(init)?;
     if init.chars().any(|c| c.is_whitespace() || c == '"') {
@@ -226,7 +233,7 @@ pub fn kernel_cmdline(init: &Path) -> Result<String> {
     }
     Ok(format!(
         "console=ttyS0 root={ROOT_TAG} rootfstype=virtiofs rw quiet panic=-1 no_timer_check \
-         init={init}"
+         tsc=reliable init={init}"
     ))
 }
 
@@ -399,7 +406,7 @@ mod tests {
         assert_eq!(
             c,
             "console=ttyS0 root=hostroot rootfstype=virtiofs rw quiet panic=-1 no_timer_check \
-             init=/tmp/skprof-vm-1-2/init"
+             tsc=reliable init=/tmp/skprof-vm-1-2/init"
         );
         assert!(kernel_cmdline(Path::new("/tmp/a b/init")).is_err());
     }

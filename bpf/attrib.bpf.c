@@ -7,7 +7,8 @@
  * probes.
  *
  * Entry records the run in this CPU's run table under its ctx pointer, so
- * the helper probes can attribute calls; exit checks that the run holds no
+ * the helper probes can attribute calls and keep the sockets the run looks
+ * up in its slot (the run-local ledger); exit checks that the run holds no
  * reference it acquired (the verifier's promise) and reports any it does.
  *
  * User space attaches prog_exit before prog_entry and detaches in the
@@ -60,9 +61,9 @@ int BPF_PROG(prog_entry, __u64 pctx)
 				    (++rs->seq & 0xffffffffffffULL);
 			r->prog_slot = prog_slot;
 			r->prog_id = prog_id;
-			r->nr_acquired = 0;
-			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, prog_slot, 0, 0, 0,
-				     bpf_ktime_get_ns());
+			r->nr_held = 0;
+			rs->last = i;
+			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, prog_slot, 0, 0, 0, 0);
 			return 0;
 		}
 	}
@@ -72,54 +73,98 @@ int BPF_PROG(prog_entry, __u64 pctx)
 	return 0;
 }
 
+/*
+ * A reference the run ended holding: a run leak. It moves to the global
+ * ledger (where `skprof leaks` lists it and a later release can still close
+ * it) and is reported with the ledger entry.
+ */
+__noinline int run_leak(struct skprof_held *e, __u64 now)
+{
+	struct ledger_holder w = {};
+	struct skprof_counters *c;
+	struct skprof_event *ev;
+	struct skprof_ref *ref;
+	__u64 sk;
+	int j;
+
+	if (!e)
+		return 0;
+	sk = e->sk;
+	/* The lookup's time when it was timed, else the run's end. */
+	w.acquired_ns = e->acquired_ns ? e->acquired_ns : now;
+	w.run_id = e->run_id;
+	w.prog_slot = prog_slot;
+	w.prog_id = prog_id;
+	w.stack_id = e->stack_id;
+	w.helper = e->helper;
+	w.sock_class = e->sock_class;
+	w.state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
+	if (!ledger_hold(sk, &w))
+		return 0;
+	ref = bpf_map_lookup_elem(&ledger, &sk);
+	if (!ref)
+		return 0;
+	for (j = 0; j < SKPROF_REF_HOLDERS; j++) {
+		if (!ref->h[j].count || ref->h[j].run_id != w.run_id || ref->h[j].helper != w.helper)
+			continue;
+		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		if (!ev) {
+			c = get_counters();
+			if (c)
+				c->events_dropped++;
+			return 0;
+		}
+		ev->type = SKPROF_EV_RUN_LEAK;
+		ev->holder = j;
+		ev->sk = sk;
+		ev->ts = now;
+		__builtin_memcpy(&ev->ref, ref, sizeof(*ref));
+		bpf_ringbuf_submit(ev, 0);
+		return 0;
+	}
+	return 0;
+}
+
 SEC("fexit/skprof_target")
 int BPF_PROG(prog_exit, __u64 pctx)
 {
 	struct skprof_runs *rs = get_runs();
-	struct skprof_counters *c;
-	struct skprof_event *ev;
-	struct skprof_ref *ref;
 	struct skprof_run *r;
-	__u32 i, n;
+	__u32 i, j, n;
+	__u64 now = 0;
+	int k;
 
 	if (!rs)
 		return 0;
-	r = find_run(rs, pctx, prog_slot);
-	if (!r)
+	k = find_run(rs, pctx, prog_slot);
+	if (k < 0 || k >= SKPROF_RUN_SLOTS)
 		return 0;
-	n = r->nr_acquired;
-	if (n > SKPROF_RUN_REFS)
-		n = SKPROF_RUN_REFS;
-	for (i = 0; i < SKPROF_RUN_REFS; i++) {
-		__u64 sk;
-		int j;
+	r = &rs->r[k];
+	/* The verifier's promise: nothing the run looked up is still held.
+	 * Its entries leave the held stack; refcounted ones are run leaks. */
+	if (r->nr_held) {
+		n = rs->nr_held;
+		if (n > SKPROF_HELD)
+			n = SKPROF_HELD;
+		for (i = 0; i < SKPROF_HELD; i++) {
+			j = SKPROF_HELD - 1 - i;
+			if (j >= n || !rs->held[j].sk || rs->held[j].run_id != r->run_id)
+				continue;
+			if (rs->held[j].flags & SKPROF_RF_REFCOUNTED) {
+				struct skprof_held e = rs->held[j];
 
-		if (i >= n)
-			break;
-		sk = r->acquired[i];
-		ref = bpf_map_lookup_elem(&ledger, &sk);
-		if (!ref)
-			continue;
-		/* Still held under this run: nobody released it. */
-		for (j = 0; j < SKPROF_REF_HOLDERS; j++) {
-			if (!ref->h[j].count || ref->h[j].run_id != r->run_id)
-				continue;
-			ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-			if (!ev) {
-				c = get_counters();
-				if (c)
-					c->events_dropped++;
-				continue;
+				/* One time for all of the run's leaks and its
+				 * end record, so a replay can tell it. */
+				if (!now)
+					now = bpf_ktime_get_ns();
+				run_leak(&e, now);
 			}
-			ev->type = SKPROF_EV_RUN_LEAK;
-			ev->holder = j;
-			ev->sk = sk;
-			ev->ts = bpf_ktime_get_ns();
-			__builtin_memcpy(&ev->ref, ref, sizeof(*ref));
-			bpf_ringbuf_submit(ev, 0);
+			rs->held[j].sk = 0;
 		}
+		held_trim(rs, n);
 	}
-	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, bpf_ktime_get_ns());
+	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, now);
+	r->nr_held = 0;
 	r->ctx = 0;
 	return 0;
 }

@@ -21,51 +21,94 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define S32_MAX_ 0x7fffffffULL
-#define ERR_E2BIG 7	/* a full hash map refuses inserts with -E2BIG */
-#define TUPLE_V4_LEN 12 /* sizeof(((struct bpf_sock_tuple *)0)->ipv4) */
-#define TUPLE_V6_LEN 36 /* sizeof(((struct bpf_sock_tuple *)0)->ipv6) */
 
-/* One call between its entry and exit. ts == 0 marks a free slot. */
+/* A call between its entry and exit, kept for the calls that need one: in
+ * fentry mode the timed calls (the exit finds its start time), in kprobe
+ * mode every call (the return probe sees no arguments). */
 struct inflight_slot {
-	__u64 ts;
+	__u64 ts;	/* entry time; 0: the call is not timed */
 	__u64 k1;	/* fentry: ctx pointer;   kprobe: pid_tgid */
 	__u64 k2;	/* fentry: tuple pointer; kprobe: 0 */
+	__u64 seq;	/* claim order on this CPU (the oldest is evicted) */
+	/* kprobe mode, from the entry's arguments: */
 	__u64 tuple;	/* tuple pointer, for the ledger */
 	__u64 pctx;	/* the calling program's ctx pointer */
-	__u32 helper;
-	__u32 reason;	/* kprobe mode: miss reason computed at entry */
-	__u32 prog_slot;	/* calling program, 0 if not traced */
-	__u32 len;	/* tuple length argument */
 	__u64 run_id;	/* calling run, 0 if not traced */
-	__u32 prog_id;	/* calling program, 0 if not attributed */
+	__u32 busy;	/* 0: free */
+	__u32 helper;
+	__u32 reason;	/* miss reason computed at entry */
+	__u32 prog_slot;	/* calling program, 0 if not attributed */
+	__u32 prog_id;
+	__u32 len;	/* tuple length argument */
+};
+
+/*
+ * Latency sampling, per (CPU, helper). Counting a call costs a few loads
+ * and stores; timing it costs two clock reads (bpf_ktime_get_ns(), each a
+ * call into the timekeeping code and a TSC read), which are most of what a
+ * probe pair adds beyond the empty trampolines. So every call is counted
+ * and a call is timed unless the sampler says to let it pass: after each
+ * timed call it draws how many to let pass, uniformly at random (so that no
+ * periodic pattern in the calls aliases with the sampling), with a mean of
+ * sample_every - 1, or in auto mode such that timed calls of this helper on
+ * this CPU are spaced sample_budget_ns apart on average. A helper called
+ * less often than that is timed on every call.
+ */
+struct sampler {
+	__u32 skip;	/* calls to let pass untimed before the next timed one */
+	__u32 span;	/* calls from the last timed one's entry to the next's */
+	__u64 last_ts;	/* entry time of the last timed call */
+};
+
+/* Per-CPU state of the helper probes. */
+struct probe_cpu {
+	struct inflight_slot s[SKPROF_INFLIGHT];
+	struct sampler sm[SKPROF_NR_HELPERS];
+	__u64 rng;	/* xorshift64 state; 0 until first used */
+	__u64 seq;	/* claims made */
+	__u32 busy;	/* slots in use: 0 lets an exit skip the search */
 	__u32 pad;
 };
 
-struct inflight {
-	struct inflight_slot s[SKPROF_INFLIGHT];
-};
-
-/* key: 0; value: this CPU's calls between entry and exit */
+/* key: 0; value: this CPU's calls between entry and exit, and samplers */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct inflight);
+	__type(value, struct probe_cpu);
 } inflight SEC(".maps");
 
-/* key: (program, helper, outcome); value: latency histogram and hit classes.
- * A hash so that only the triples that occur take memory (--max-series). */
+/* key: (program, helper, outcome, netns, ifindex); value: latency
+ * histogram, and with places_on the calls and hit classes. A hash so that
+ * only the keys that occur take memory (--max-series); not preallocated,
+ * for the same reason (a preallocated per-CPU hash reserves every entry's
+ * 7.8 KB on every CPU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 4096);
 	__type(key, struct skprof_hist_key);
 	__type(value, struct skprof_hist);
 } hists SEC(".maps");
 
+/* Without places_on: every call, by (CPU, program slot, helper); index
+ * (cpu * SKPROF_MAX_PROGS + prog_slot) * SKPROF_NR_HELPERS + helper. An
+ * array indexed by CPU rather than a per-CPU map, so that user space reads
+ * it through mmap, with no system call per element; sized by user space
+ * (possible CPUs x SKPROF_MAX_PROGS x SKPROF_NR_HELPERS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SKPROF_MAX_PROGS * SKPROF_NR_HELPERS);
+	__type(key, __u32);
+	__type(value, struct skprof_calls);
+} calls SEC(".maps");
+
 /* key: program slot; value: how long references were held (acquire to
  * release), by the program that acquired them */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, SKPROF_MAX_PROGS);
 	__type(key, __u32);
 	__type(value, struct skprof_hist);
@@ -78,15 +121,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct skprof_hist);
 } zero_hist SEC(".maps");
-
-/* key: 0; value: scratch space to build a new ledger entry (too big for
- * the BPF stack) */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct skprof_ref);
-} ref_scratch SEC(".maps");
 
 /* kernel stacks of acquires, referenced by skprof_holder.stack_id */
 struct {
@@ -135,6 +169,14 @@ const volatile bool places_on = true;
 /* Whether to record the kernel stack of each acquire: a stack walk per new
  * ledger entry, the costliest part of the ledger, so off unless asked. */
 const volatile bool ledger_stacks = false;
+/* Latency sampling (struct sampler): time one call in sample_every on
+ * average; 0: auto, spacing timed calls sample_budget_ns apart per (CPU,
+ * helper) on average; 1: time every call. */
+const volatile __u32 sample_every = 0;
+const volatile __u64 sample_budget_ns = 50000;
+/* Calls a sampler lets pass at most between two timed ones (on average
+ * half this): bounds how stale the sampler's view of the call rate gets. */
+#define SAMPLE_MAX_SKIP 4096
 
 const volatile struct skprof_layout skprof_layout = {
 	.nr_helpers = SKPROF_NR_HELPERS,
@@ -146,6 +188,7 @@ const volatile struct skprof_layout skprof_layout = {
 	.ev_run_leak = SKPROF_EV_RUN_LEAK,
 	.ev_run_end = SKPROF_EV_RUN_END,
 	.tf_matched = SKPROF_TF_MATCHED,
+	.rf_refcounted = SKPROF_RF_REFCOUNTED,
 };
 
 /* Never read: brings the ring-buffer record types (run leaks are written
@@ -294,38 +337,82 @@ static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id
 }
 
 /*
- * Whether bpf_sk_release() of this socket drops a reference: the kernel's
- * sk_is_refcounted() is !sk_fullsock(sk) || !sock_flag(sk, SOCK_RCU_FREE).
- * skc_flags shares a union with skc_listener / skc_tw_dr, so it is read only
- * for full sockets. SOCK_RCU_FREE moved (24 on 5.4, 23 on 6.12): CO-RE enum.
+ * bpf_rdonly_cast (6.2+) turns a socket address into an untrusted BTF
+ * pointer: the verifier then lets the probe read fields with plain loads,
+ * which the JIT guards with an exception table (BPF_PROBE_MEM), instead of
+ * a bpf_probe_read_kernel() call per field. Weak: 6.1 lacks it, and there
+ * the verifier drops the branch that calls it.
  */
-static __always_inline bool refcounted(struct sock_common *skc, __u8 state)
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* What the probes need to know of a socket. */
+struct sock_view {
+	__u8 state;		/* skc_state */
+	bool refcounted;	/* bpf_sk_release() of it drops a reference */
+	__u16 proto;		/* sk_protocol of a full socket, when asked */
+};
+
+/*
+ * Reads a socket: its state and whether bpf_sk_release() of it drops a
+ * reference (the kernel's sk_is_refcounted(): !sk_fullsock(sk) ||
+ * !sock_flag(sk, SOCK_RCU_FREE)), and with `want_proto` its protocol.
+ * skc_flags shares a union with skc_listener / skc_tw_dr, so it is read
+ * only for full sockets; SOCK_RCU_FREE moved (24 on 5.4, 23 on 6.12): CO-RE
+ * enum value.
+ */
+static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_view *v)
 {
+	__u32 rcu_free = bpf_core_enum_value(enum sock_flags, SOCK_RCU_FREE);
 	unsigned long flags;
 
-	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
-		return true;
-	flags = BPF_CORE_READ(skc, skc_flags);
-	return !(flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_RCU_FREE)));
+	v->proto = 0;
+	if (bpf_ksym_exists(bpf_rdonly_cast)) {
+		struct sock *s = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct sock));
+
+		v->state = s->__sk_common.skc_state;
+		if (v->state == TCP_TIME_WAIT || v->state == TCP_NEW_SYN_RECV) {
+			v->refcounted = true;
+			return;
+		}
+		flags = s->__sk_common.skc_flags;
+		v->refcounted = !(flags & (1UL << rcu_free));
+		if (want_proto)
+			v->proto = s->sk_protocol;
+		return;
+	}
+	/* 6.1: one probe read per field. */
+	v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
+	if (v->state == TCP_TIME_WAIT || v->state == TCP_NEW_SYN_RECV) {
+		v->refcounted = true;
+		return;
+	}
+	flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
+	v->refcounted = !(flags & (1UL << rcu_free));
+	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
+	 * bitfield read handles both. */
+	if (want_proto)
+		v->proto = BPF_CORE_READ_BITFIELD_PROBED((struct sock *)sk, sk_protocol);
 }
 
-static __always_inline __u32 sock_class(struct sock_common *skc, __u8 state)
+/* The class of a socket; `proto` of a full socket (a lookup helper's own
+ * protocol: the TCP helpers search only TCP tables, the UDP ones UDP's). */
+static __always_inline __u32 class_of(__u8 state, __u16 proto)
 {
-	struct sock *sk = (struct sock *)skc;
-	__u16 proto;
-
 	if (state == TCP_TIME_WAIT)
 		return SKPROF_C_TIME_WAIT;
 	if (state == TCP_NEW_SYN_RECV)
 		return SKPROF_C_REQUEST;
-	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
-	 * bitfield read handles both. */
-	proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
 	if (proto == IPPROTO_UDP)
 		return SKPROF_C_UDP;
 	if (proto != IPPROTO_TCP)
 		return SKPROF_C_OTHER;
 	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
+}
+
+static __always_inline bool is_udp(__u32 helper)
+{
+	return helper == SKPROF_H_SK_LOOKUP_UDP || helper == SKPROF_H_TC_SK_LOOKUP_UDP ||
+	       helper == SKPROF_H_XDP_SK_LOOKUP_UDP || helper == SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP;
 }
 
 /* The range of `t` holding `ip`, or NULL: a binary search. */
@@ -394,33 +481,126 @@ static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 	return NULL;
 }
 
-static __always_inline void on_entry(void *tctx, __u32 helper, __u64 k1, __u64 k2, __u32 reason,
-				     __u64 pctx, __u64 tuple, __u64 len)
+/* xorshift64: cheap randomness for the sampler (bpf_get_prandom_u32() is a
+ * helper call as costly as a clock read). */
+static __always_inline __u64 next_rand(struct probe_cpu *f)
+{
+	__u64 x = f->rng;
+
+	if (!x)
+		x = bpf_ktime_get_ns() | 1;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	f->rng = x;
+	return x;
+}
+
+/*
+ * After a timed call whose entry was at `ts`: how many of this helper's
+ * next calls on this CPU to let pass untimed (see struct sampler).
+ */
+static __always_inline void sampler_update(struct probe_cpu *f, struct sampler *sm, __u64 ts)
+{
+	__u64 mean, gap, target, skip;
+
+	if (sample_every == 1)
+		return;
+	if (sample_every) {
+		target = sample_every - 1;
+	} else {
+		/* Calls came every `gap / span` ns since the last timed one. */
+		gap = ts - sm->last_ts;
+		mean = sm->span && sm->last_ts && ts > sm->last_ts ? gap / sm->span : 0;
+		target = mean && mean < sample_budget_ns ? sample_budget_ns / mean - 1 : 0;
+	}
+	sm->last_ts = ts;
+	if (target > SAMPLE_MAX_SKIP / 2)
+		target = SAMPLE_MAX_SKIP / 2;
+	/* Uniform in [0, 2 * target]: mean `target`. */
+	skip = target ? next_rand(f) % (2 * target + 1) : 0;
+	sm->skip = skip;
+	sm->span = skip + 1;
+}
+
+/* The calling program of a call, and its run when traced. */
+struct caller {
+	__u64 run_id;
+	__u32 prog_slot;
+	__u32 prog_id;
+	struct skprof_runs *rs;	/* with `run`: this CPU's run table */
+	int run;		/* index of the run in rs->r, -1: none */
+};
+
+/*
+ * Which program made the call: a traced program's run is recorded under the
+ * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern); an
+ * untraced one is found from the kernel stack when the JIT table lists it.
+ */
+static __always_inline void find_caller(void *tctx, __u64 pctx, struct caller *who)
+{
+	struct skprof_runs *rs = runs_in_use ? get_runs() : NULL;
+	struct skprof_jit_range *r;
+	int k = rs ? find_run(rs, pctx, 0) : -1;
+
+	who->run = -1;
+	if (rs && k >= 0 && k < SKPROF_RUN_SLOTS) {
+		who->rs = rs;
+		who->run = k;
+		who->run_id = rs->r[k].run_id;
+		who->prog_slot = rs->r[k].prog_slot;
+		who->prog_id = rs->r[k].prog_id;
+		return;
+	}
+	r = stack_caller(tctx);
+	if (r) {
+		who->prog_slot = r->prog_slot;
+		who->prog_id = r->prog_id;
+	}
+}
+
+/*
+ * A helper's entry. `args` are the helper's five arguments (ctx, tuple,
+ * len, netns_id, flags): the fentry program's own context, read only when
+ * needed, so an untimed call reads none.
+ */
+static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u64 *args)
 {
 	struct inflight_slot *slot = NULL, *oldest = NULL;
 	struct skprof_counters *c;
-	struct skprof_runs *rs;
-	struct skprof_run *run;
-	struct inflight *f;
+	struct caller who = {};
+	struct probe_cpu *f;
+	struct sampler *sm;
 	__u32 zero = 0;
+	bool timed = true;
 	int i;
 
 	f = bpf_map_lookup_elem(&inflight, &zero);
-	if (!f)
+	if (!f || helper >= SKPROF_NR_HELPERS)
 		return;
+	sm = &f->sm[helper];
+	if (sm->skip) {
+		sm->skip--;
+		timed = false;
+		/* fentry: the exit sees everything it needs but the time. */
+		if (!kprobe)
+			return;
+	}
 	for (i = 0; i < SKPROF_INFLIGHT; i++) {
 		struct inflight_slot *s = &f->s[i];
 
 		/* Claim atomically: a softirq lookup may interrupt a
 		 * process-context (sock_addr) probe on this CPU. */
-		if (s->ts == 0 && __sync_val_compare_and_swap(&s->ts, 0, 1) == 0) {
+		if (!s->busy && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
 			slot = s;
 			break;
 		}
-		if (!oldest || s->ts < oldest->ts)
+		if (!oldest || s->seq < oldest->seq)
 			oldest = s;
 	}
-	if (!slot) {
+	if (slot) {
+		__sync_fetch_and_add(&f->busy, 1);
+	} else {
 		/* Every slot is held by a call whose exit never came (e.g. a
 		 * recursion-missed fexit): reuse the oldest, and say so. */
 		if (!oldest)
@@ -430,210 +610,207 @@ static __always_inline void on_entry(void *tctx, __u32 helper, __u64 k1, __u64 k
 		if (c && slot->helper < SKPROF_NR_HELPERS)
 			c->evicted_entry[slot->helper]++;
 	}
-	slot->k1 = k1;
-	slot->k2 = k2;
-	slot->tuple = tuple;
-	slot->pctx = pctx;
-	slot->len = (__u32)len;
+	slot->seq = ++f->seq;
 	slot->helper = helper;
-	slot->reason = reason;
-	slot->prog_slot = 0;
-	slot->prog_id = 0;
-	slot->run_id = 0;
-	/* The calling program, if traced: its run is recorded under the same
-	 * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern). */
-	rs = runs_in_use ? get_runs() : NULL;
-	run = rs ? find_run(rs, pctx, 0) : NULL;
-	if (run) {
-		slot->prog_slot = run->prog_slot;
-		slot->prog_id = run->prog_id;
-		slot->run_id = run->run_id;
+	if (kprobe) {
+		/* The return probe sees no arguments: keep what it needs. */
+		slot->k1 = bpf_get_current_pid_tgid();
+		slot->k2 = 0;
+		slot->pctx = args[0];
+		slot->tuple = args[1];
+		slot->len = (__u32)args[2];
+		slot->reason = miss_reason(helper, args[2], args[3], args[4]);
+		find_caller(tctx, args[0], &who);
+		slot->prog_slot = who.prog_slot;
+		slot->prog_id = who.prog_id;
+		slot->run_id = who.run_id;
 	} else {
-		struct skprof_jit_range *r = stack_caller(tctx);
-
-		if (r) {
-			slot->prog_slot = r->prog_slot;
-			slot->prog_id = r->prog_id;
-		}
+		slot->k1 = args[0];
+		slot->k2 = args[1];
 	}
 	/* Last, so the probe's own work stays outside the timed window. */
-	slot->ts = bpf_ktime_get_ns();
+	slot->ts = timed ? bpf_ktime_get_ns() : 0;
 }
 
-/* Records an acquired reference in the ledger and in the calling run;
- * false if the ledger could not (full). */
-static __always_inline bool ledger_acquire(void *tctx, struct inflight_slot *call,
-					   struct sock_common *skc, __u8 state,
-					   __u32 cls, __u64 now)
+/* A helper's exit; `args` as for on_entry (fentry only), `ret` the socket
+ * found or 0. */
+static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64 *args,
+				    __u64 ret)
 {
-	struct skprof_holder *hd = NULL, *free_hd = NULL;
-	__u64 sk = (__u64)skc;
-	struct skprof_counters *c;
-	struct skprof_runs *rs;
-	struct skprof_run *run = NULL;
-	struct skprof_ref *ref;
-	__u32 zero = 0, n, prog_id = call->prog_id;
-	int i;
-
-	ref = bpf_map_lookup_elem(&ledger, &sk);
-	if (!ref) {
-		ref = bpf_map_lookup_elem(&ref_scratch, &zero);
-		if (!ref)
-			return false;
-		__builtin_memset(ref, 0, sizeof(*ref));
-		ref->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
-		ref->tuple_len = call->len > SKPROF_TUPLE_MAX ? SKPROF_TUPLE_MAX : call->len;
-		/* Always 36 bytes, a constant size for the verifier: past an
-		 * IPv4 tuple this copies a little of the caller's stack,
-		 * which tuple_len tells user space to ignore. */
-		bpf_probe_read_kernel(ref->tuple, sizeof(ref->tuple), (void *)call->tuple);
-		/* One insert per socket; a concurrent insert wins the race
-		 * and we count on top of it below. */
-		if (bpf_map_update_elem(&ledger, &sk, ref, BPF_NOEXIST) == -ERR_E2BIG) {
-			c = get_counters();
-			if (c)
-				c->ledger_full++;
-			return false;
-		}
-		ref = bpf_map_lookup_elem(&ledger, &sk);
-		if (!ref)
-			return false;
-	}
-	ref->sock_class = cls;
-	ref->state = state;
-
-	if (call->run_id) {
-		rs = get_runs();
-		if (rs) {
-			run = find_run(rs, call->pctx, 0);
-			if (run && run->run_id != call->run_id)
-				run = NULL;
-		}
-	}
-	/* This acquirer's holder, else a free one, else the last (shared). */
-	for (i = 0; i < SKPROF_REF_HOLDERS; i++) {
-		struct skprof_holder *x = &ref->h[i];
-
-		if (x->count && x->prog_slot == call->prog_slot && x->helper == call->helper) {
-			hd = x;
-			break;
-		}
-		if (!x->count && !free_hd)
-			free_hd = x;
-	}
-	if (!hd)
-		hd = free_hd ? free_hd : &ref->h[SKPROF_REF_HOLDERS - 1];
-	if (!hd->count) {
-		hd->stack_id = ledger_stacks ? bpf_get_stackid(tctx, &stacks, 0) : -1;
-		hd->prog_slot = call->prog_slot;
-		hd->helper = call->helper;
-	}
-	__sync_fetch_and_add(&hd->count, 1);
-	hd->acquired_ns = now;
-	hd->run_id = call->run_id;
-	hd->prog_id = prog_id;
-	hd->cpu = bpf_get_smp_processor_id();
-	hd->refcnt = BPF_CORE_READ(skc, skc_refcnt.refs.counter);
-
-	if (!run)
-		return true;
-	n = run->nr_acquired;
-	if (n < SKPROF_RUN_REFS)
-		run->acquired[n] = sk;
-	run->nr_acquired = n + 1;
-	return true;
-}
-
-static __always_inline void on_exit(void *tctx, __u32 helper, __u64 k1, __u64 k2, __u64 ret,
-				    bool reason_at_exit, __u64 len, __u64 netns_id,
-				    __u64 flags)
-{
-	__u64 now = bpf_ktime_get_ns();	/* first: see on_entry */
 	struct inflight_slot *match = NULL;
 	struct skprof_counters *c;
 	struct skprof_hist_key key = {};
-	struct skprof_hist *h;
-	struct inflight *f;
-	__u32 zero = 0, outcome;
-	__u64 delta, ts = 0;
+	struct skprof_hist *h = NULL;
+	struct caller who = {};
+	struct sock_view v = {};
+	struct probe_cpu *f;
+	__u64 now = 0, ts = 0, seq = 0, k1, k2, pctx, tuple;
+	__u32 zero = 0, outcome, cls = 0;
 	int i;
 
 	f = bpf_map_lookup_elem(&inflight, &zero);
-	if (!f)
+	if (!f || helper >= SKPROF_NR_HELPERS)
 		return;
+	k1 = kprobe ? bpf_get_current_pid_tgid() : args[0];
+	k2 = kprobe ? 0 : args[1];
 	/* The most recent entry with our key: in kprobe mode the same task can
-	 * have nested calls (a softirq lookup on top of a sock_addr one). */
-	for (i = 0; i < SKPROF_INFLIGHT; i++) {
-		struct inflight_slot *s = &f->s[i];
+	 * have nested calls (a softirq lookup on top of a sock_addr one). With
+	 * nothing in flight (fentry mode, an untimed call) no search. */
+	if (f->busy) {
+		for (i = 0; i < SKPROF_INFLIGHT; i++) {
+			struct inflight_slot *s = &f->s[i];
 
-		if (s->ts > 1 && s->k1 == k1 && s->k2 == k2 && s->helper == helper &&
-		    s->ts > ts) {
-			match = s;
-			ts = s->ts;
-		}
-	}
-	if (!match) {
-		c = get_counters();
-		if (c && helper < SKPROF_NR_HELPERS)
-			c->unmatched_exit[helper]++;
-		return;
-	}
-	if (ret)
-		outcome = SKPROF_O_HIT;
-	else if (reason_at_exit)
-		outcome = miss_reason(helper, len, netns_id, flags);
-	else
-		outcome = match->reason;
-
-	delta = now > ts ? now - ts : 0;
-	key.prog_slot = match->prog_slot;
-	key.helper = helper;
-	key.outcome = outcome;
-	if (places_on)
-		lookup_place(helper, match->pctx, ret, &key);
-	h = hist_of(&hists, &key);
-	if (h) {
-		hist_record(h, delta);
-		if (ret) {
-			struct sock_common *skc = (struct sock_common *)ret;
-			__u8 state = BPF_CORE_READ(skc, skc_state);
-			__u32 cls = sock_class(skc, state);
-
-			if (cls < SKPROF_NR_CLASSES) {
-				__u32 flags = 0;
-
-				h->hits[cls]++;
-				if (refcounted(skc, state)) {
-					h->acquired[cls]++;
-					flags = SKPROF_TF_REFCOUNTED;
-					if (ledger_on && ledger_acquire(tctx, match, skc, state, cls, now))
-						flags |= SKPROF_TF_RECORDED;
-				}
-				if (ledger_on)
-					trace_ledger(SKPROF_EV_ACQUIRE, ret, match->run_id,
-						     match->prog_slot, helper, cls, flags, now);
+			if (s->busy && s->k1 == k1 && s->k2 == k2 && s->helper == helper &&
+			    s->seq > seq) {
+				match = s;
+				seq = s->seq;
 			}
 		}
 	}
-	match->ts = 0;
+	if (match && match->ts) {
+		now = bpf_ktime_get_ns();
+		ts = match->ts;
+	}
+	if (kprobe) {
+		if (!match) {
+			c = get_counters();
+			if (c)
+				c->unmatched_exit[helper]++;
+			return;
+		}
+		pctx = match->pctx;
+		tuple = match->tuple;
+		who.prog_slot = match->prog_slot;
+		who.prog_id = match->prog_id;
+		who.run_id = match->run_id;
+		who.run = -1;
+		if (who.run_id) {
+			who.rs = get_runs();
+			who.run = who.rs ? find_run(who.rs, pctx, 0) : -1;
+			if (who.run >= 0 && who.run < SKPROF_RUN_SLOTS &&
+			    who.rs->r[who.run].run_id != who.run_id)
+				who.run = -1;
+		}
+		outcome = ret ? SKPROF_O_HIT : match->reason;
+	} else {
+		pctx = k1;
+		tuple = k2;
+		find_caller(tctx, pctx, &who);
+		outcome = ret ? SKPROF_O_HIT : miss_reason(helper, args[2], args[3], args[4]);
+	}
+
+	if (ret) {
+		read_sock(ret, false, &v);
+		cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
+	}
+	/* Count the call: in the hash cell when grouped by place, else in the
+	 * directly indexed array (and the hash cell only when timed). */
+	if (places_on || ts) {
+		key.prog_slot = who.prog_slot;
+		key.helper = helper;
+		key.outcome = outcome;
+		if (places_on)
+			lookup_place(helper, pctx, ret, &key);
+		h = hist_of(&hists, &key);
+		if (h && ts)
+			hist_record(h, now > ts ? now - ts : 0);
+	}
+	if (places_on) {
+		if (h) {
+			h->calls++;
+			if (ret) {
+				h->hits[cls]++;
+				if (v.refcounted)
+					h->acquired[cls]++;
+			}
+		}
+	} else {
+		__u32 idx = who.prog_slot < SKPROF_MAX_PROGS ? who.prog_slot : 0;
+		struct skprof_calls *n;
+
+		idx = (bpf_get_smp_processor_id() * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS +
+		      helper;
+		n = bpf_map_lookup_elem(&calls, &idx);
+		if (n) {
+			if (outcome < SKPROF_NR_OUTCOMES)
+				n->outcomes[outcome]++;
+			if (ret) {
+				n->hits[cls]++;
+				if (v.refcounted)
+					n->acquired[cls]++;
+			}
+		}
+	}
+	if (ret && ledger_on) {
+		__u32 tf = v.refcounted ? SKPROF_TF_REFCOUNTED : 0;
+		bool recorded = false;
+		__s32 stack_id = -1;
+
+		if (ledger_stacks && v.refcounted)
+			stack_id = bpf_get_stackid(tctx, &stacks, 0);
+		/* The reference's time is the lookup's return, as the trace
+		 * reports it; an untimed lookup on the held stack reads no
+		 * clock (0). */
+		if (who.run >= 0 && who.rs)
+			recorded = held_push(who.rs, who.run, ret, now, helper, cls, v.refcounted,
+					     stack_id);
+		if (now)
+			tf |= SKPROF_TF_TIMED;
+		if (!recorded && v.refcounted) {
+			if (!now)
+				now = bpf_ktime_get_ns();
+			struct ledger_holder w = {
+				.acquired_ns = now,
+				.run_id = who.run_id,
+				.tuple = tuple,
+				.len = (__u32)(kprobe ? (match ? match->len : 0) : args[2]),
+				.prog_slot = who.prog_slot,
+				.prog_id = who.prog_id,
+				.stack_id = stack_id,
+				.helper = helper,
+				.sock_class = cls,
+				.state = v.state,
+			};
+
+			if (who.run >= 0) {
+				c = get_counters();
+				if (c)
+					c->run_refs_full++;
+			}
+			recorded = ledger_hold(ret, &w);
+		}
+		if (recorded)
+			tf |= SKPROF_TF_RECORDED;
+		trace_ledger(SKPROF_EV_ACQUIRE, ret, who.run_id, who.prog_slot, helper, cls, tf,
+			     now);
+	}
+	if (ts)
+		sampler_update(f, &f->sm[helper], ts);
+	if (match) {
+		match->ts = 0;
+		match->busy = 0;
+		__sync_fetch_and_sub(&f->busy, 1);
+	}
 }
 
 /*
  * bpf_sk_release(sk): count whether it drops a reference, and close the
- * ledger entry. Read the socket here, at entry: after the call it may
- * already be freed.
+ * ledger entry. The run tables first: a socket a traced run looked up is
+ * there with its class, so the socket is not read. Otherwise read it here,
+ * at entry: after the call it may already be freed.
  */
 static __always_inline void on_release(__u64 sk)
 {
-	struct sock_common *skc = (struct sock_common *)sk;
 	struct skprof_counters *c = get_counters();
 	struct skprof_holder *hd = NULL;
+	struct skprof_runs *rs;
+	struct skprof_held rr;
 	struct skprof_ref *ref;
 	struct skprof_hist *h;
+	struct sock_view v;
 	__u32 slot, held = 0;
 	__u64 now;
 	int i;
-	__u8 state;
 	__u32 cls;
 
 	if (!c)
@@ -641,17 +818,44 @@ static __always_inline void on_release(__u64 sk)
 	if (!sk) {
 		c->release_null++;
 		if (ledger_on)
-			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, bpf_ktime_get_ns());
+			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, 0);
 		return;
 	}
-	state = BPF_CORE_READ(skc, skc_state);
-	cls = sock_class(skc, state);
+	rs = ledger_on && runs_in_use ? get_runs() : NULL;
+	if (rs && held_take(rs, sk, &rr)) {
+		slot = rr.prog_slot;
+		/* Clamped, not checked: every copy clang makes of it is then
+		 * in bounds (the 6.1 verifier does not carry a check's bound
+		 * to a spilled copy). */
+		cls = rr.sock_class < SKPROF_NR_CLASSES ? rr.sock_class : SKPROF_C_OTHER;
+		if (!(rr.flags & SKPROF_RF_REFCOUNTED)) {
+			c->release_noop[cls]++;
+			trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
+				     SKPROF_TF_MATCHED, 0);
+			return;
+		}
+		c->released[cls]++;
+		/* Hold time of the references whose lookup was timed. */
+		now = rr.acquired_ns ? bpf_ktime_get_ns() : 0;
+		if (rr.acquired_ns) {
+			h = hist_of(&holds, &slot);
+			if (h) {
+				h->calls++;
+				hist_record(h, now > rr.acquired_ns ? now - rr.acquired_ns : 0);
+			}
+		}
+		trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
+			     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);
+		return;
+	}
+	read_sock(sk, true, &v);
+	cls = class_of(v.state, v.proto);
 	if (cls >= SKPROF_NR_CLASSES)
 		return;
-	if (!refcounted(skc, state)) {
+	if (!v.refcounted) {
 		c->release_noop[cls]++;
 		if (ledger_on)
-			trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, 0, bpf_ktime_get_ns());
+			trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, 0, 0);
 		return;
 	}
 	c->released[cls]++;
@@ -677,8 +881,10 @@ static __always_inline void on_release(__u64 sk)
 	}
 	slot = hd->prog_slot;
 	h = hist_of(&holds, &slot);
-	if (h)
+	if (h) {
+		h->calls++;
 		hist_record(h, now - hd->acquired_ns);
+	}
 	trace_ledger(SKPROF_EV_RELEASE, sk, hd->run_id, slot, hd->helper, cls,
 		     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);
 	/* Last reference of the last holder: the socket leaves the ledger. */
@@ -689,34 +895,35 @@ static __always_inline void on_release(__u64 sk)
 /*
  * Every helper is BPF_CALL_5(name, ctx, tuple, len, netns_id, flags): in BTF
  * the traced function is u64 name(u64, u64, u64, u64, u64) returning the
- * struct sock * (or NULL) as u64.
+ * struct sock * (or NULL) as u64, so the fentry/fexit context is six u64s
+ * (the fexit's last is the return value), read in place as needed.
  */
 #define FENTRY_PAIR(fn, id)						\
 SEC("fentry/" #fn)							\
-int BPF_PROG(fentry_##fn, __u64 pctx, __u64 tuple, __u64 len)		\
+int fentry_##fn(__u64 *ctx)						\
 {									\
-	on_entry(ctx, id, pctx, tuple, 0, pctx, tuple, len);			\
+	on_entry(ctx, id, false, ctx);					\
 	return 0;							\
 }									\
 SEC("fexit/" #fn)							\
-int BPF_PROG(fexit_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
-	     __u64 netns_id, __u64 flags, __u64 ret)			\
+int fexit_##fn(__u64 *ctx)						\
 {									\
-	on_exit(ctx, id, pctx, tuple, ret, true, len, netns_id, flags);	\
+	on_exit(ctx, id, false, ctx, ctx[5]);				\
 	return 0;							\
 }									\
 SEC("kprobe/" #fn)							\
 int BPF_KPROBE(kprobe_##fn, __u64 pctx, __u64 tuple, __u64 len,		\
 	       __u64 netns_id, __u64 flags)				\
 {									\
-	on_entry(ctx, id, bpf_get_current_pid_tgid(), 0,			\
-		 miss_reason(id, len, netns_id, flags), pctx, tuple, len); \
+	__u64 args[5] = { pctx, tuple, len, netns_id, flags };		\
+									\
+	on_entry(ctx, id, true, args);					\
 	return 0;							\
 }									\
 SEC("kretprobe/" #fn)							\
 int BPF_KRETPROBE(kretprobe_##fn, __u64 ret)				\
 {									\
-	on_exit(ctx, id, bpf_get_current_pid_tgid(), 0, ret, false, 0, 0, 0); \
+	on_exit(ctx, id, true, NULL, ret);				\
 	return 0;							\
 }
 

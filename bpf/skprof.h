@@ -63,9 +63,16 @@ enum skprof_sock_class {
 #define SKPROF_HIST_MAX_EXP 35
 #define SKPROF_HIST_SLOTS ((SKPROF_HIST_MAX_EXP - SKPROF_HIST_SUB_BITS + 1) * SKPROF_HIST_SUB)
 
-/* One (helper, outcome) latency histogram; per-CPU map value. */
+/*
+ * One (program, helper, outcome) aggregate; per-CPU map value. Every call is
+ * counted (`calls`, and for hits `hits` and `acquired`); the latency fields
+ * hold the calls that were timed, a random sample of them when calls come
+ * faster than the sampling budget (see `sample_every` in skprof.bpf.c).
+ * `holds` uses the same layout for hold times (calls = count: timed only).
+ */
 struct skprof_hist {
-	__u64 count;
+	__u64 calls;		/* every call */
+	__u64 count;		/* calls timed: the sum of `slots` */
 	__u64 sum_ns;
 	__u64 max_ns;
 	__u64 overflow;
@@ -74,6 +81,18 @@ struct skprof_hist {
 	__u64 hits[SKPROF_NR_CLASSES];
 	__u64 acquired[SKPROF_NR_CLASSES];
 	__u64 slots[SKPROF_HIST_SLOTS];
+};
+
+/*
+ * Every call of one (program, helper) on one CPU: the per-call part of the
+ * aggregation when calls are not grouped by place, kept in a directly
+ * indexed array instead of the `hists` hash (whose lookup, a hash of the
+ * key and a bucket walk, was the largest part of the exit probe).
+ */
+struct skprof_calls {
+	__u64 outcomes[SKPROF_NR_OUTCOMES];
+	__u64 hits[SKPROF_NR_CLASSES];
+	__u64 acquired[SKPROF_NR_CLASSES];
 };
 
 /* Key of the `hists` map: one histogram per (program, helper, outcome,
@@ -96,7 +115,8 @@ struct skprof_counters {
 	__u64 release_noop[SKPROF_NR_CLASSES];
 	/* bpf_sk_release(NULL) */
 	__u64 release_null;
-	/* an exit probe found no entry record: its entry was missed or evicted */
+	/* kprobe mode: a return probe found no entry record (its entry was
+	 * missed or evicted); the call is not counted */
 	__u64 unmatched_exit[SKPROF_NR_HELPERS];
 	/* an entry record overwritten because all in-flight slots were busy
 	 * (an exit that never came, e.g. a recursion-missed fexit) */
@@ -112,6 +132,10 @@ struct skprof_counters {
 	__u64 run_table_full;
 	/* (program, helper, outcome) histograms not recorded: map full */
 	__u64 hists_full;
+	/* references a traced run acquired while its CPU's stack of held
+	 * sockets (SKPROF_HELD) was full: kept in the global ledger, not
+	 * checked at the run's end */
+	__u64 run_refs_full;
 };
 
 /* Nested lookups one CPU can have in flight (process-context sock_addr call,
@@ -133,8 +157,19 @@ enum skprof_event_type {
 /* skprof_trace.flags (an enum so that the skeleton's types carry it) */
 enum skprof_trace_flag {
 	SKPROF_TF_REFCOUNTED = 1,	/* the socket takes a reference */
-	SKPROF_TF_RECORDED = 2,		/* acquire: the ledger holds it (not full) */
-	SKPROF_TF_MATCHED = 4,		/* release: closed a ledger holder */
+	SKPROF_TF_RECORDED = 2,		/* acquire: held in its run's table, or
+					 * (refcounted) in the global ledger */
+	SKPROF_TF_MATCHED = 4,		/* release: took an entry of a run's
+					 * table, or closed a ledger holder */
+	SKPROF_TF_TIMED = 8,		/* acquire: the lookup was timed, so its
+					 * entry's acquired_ns is this record's
+					 * ts (untimed: 0, the run's end if it
+					 * leaks) */
+};
+
+/* skprof_held.flags (an enum so that the skeleton's types carry it) */
+enum skprof_ref_flag {
+	SKPROF_RF_REFCOUNTED = 1,	/* the lookup took a reference */
 };
 
 /*
@@ -152,6 +187,7 @@ struct skprof_layout {
 	enum skprof_event_type ev_run_leak;
 	enum skprof_event_type ev_run_end;
 	enum skprof_trace_flag tf_matched;
+	enum skprof_ref_flag rf_refcounted;
 };
 
 
@@ -165,22 +201,46 @@ struct skprof_layout {
  */
 #define SKPROF_MAX_PROGS 256	/* program slots; slot 0 = not attributed */
 #define SKPROF_RUN_SLOTS 8	/* traced program runs in flight per CPU */
-#define SKPROF_RUN_REFS 4	/* acquired sockets remembered per run */
+#define SKPROF_HELD 16		/* sockets one CPU's traced runs hold at once */
 
 struct skprof_run {
 	__u64 ctx;		/* the run's ctx pointer; 0 = free slot */
 	__u64 run_id;		/* (cpu << 48) | per-CPU sequence */
 	__u32 prog_slot;
 	__u32 prog_id;
-	__u32 nr_acquired;	/* references acquired in this run */
+	__u32 nr_held;		/* entries of `held` that are this run's */
 	__u32 pad;
-	__u64 acquired[SKPROF_RUN_REFS];	/* the first acquired sockets */
+};
+
+/*
+ * A socket a traced run's lookup returned and no bpf_sk_release() has given
+ * back yet: the run-local ledger, a stack per CPU (runs nest on a CPU, and
+ * a nested run ends before the one it interrupted goes on). The verifier
+ * makes every program release what it looked up before it exits, so on a
+ * correct kernel a run holds nothing at its end; a refcounted entry left is
+ * a run leak, and moves to the global ledger. Keeping these here is what
+ * makes the ledger cheap: no hash map insert and delete per reference, and
+ * a release finds the socket's class here instead of reading the socket.
+ */
+struct skprof_held {
+	__u64 sk;
+	__u64 run_id;		/* the run that looked it up */
+	__u64 acquired_ns;	/* return time of the lookup when it was timed, else 0 */
+	__u16 helper;		/* enum skprof_helper */
+	__u8 sock_class;	/* enum skprof_sock_class */
+	__u8 flags;		/* SKPROF_RF_* */
+	__s32 stack_id;		/* --stacks: kernel stack of the lookup, else -1 */
+	__u32 run_slot;		/* index of the run in skprof_runs.r */
+	__u32 prog_slot;	/* the run's program */
 };
 
 /* Per-CPU value of the `runs` map (one entry). */
 struct skprof_runs {
 	struct skprof_run r[SKPROF_RUN_SLOTS];
 	__u64 seq;
+	__u32 nr_held;		/* entries of `held` in use, oldest first */
+	__u32 last;		/* the run claimed last: searched first */
+	struct skprof_held held[SKPROF_HELD];
 };
 
 /*

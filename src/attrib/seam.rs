@@ -261,7 +261,8 @@ pub struct InFlightRun {
     pub run_id: u64,
     pub prog_slot: u32,
     pub prog_id: u32,
-    pub nr_acquired: u32,
+    /// Sockets its lookups returned that it has not released yet.
+    pub nr_held: u32,
 }
 
 fn u64_at(b: &[u8], off: usize) -> Result<u64> {
@@ -296,7 +297,7 @@ fn parse_runs(cpu: usize, b: &[u8], t: &mut RunTable) -> Result<()> {
             run_id: u64_at(b, r + offset_of!(types::skprof_run, run_id))?,
             prog_slot: u32_at(b, r + offset_of!(types::skprof_run, prog_slot))?,
             prog_id: u32_at(b, r + offset_of!(types::skprof_run, prog_id))?,
-            nr_acquired: u32_at(b, r + offset_of!(types::skprof_run, nr_acquired))?,
+            nr_held: u32_at(b, r + offset_of!(types::skprof_run, nr_held))?,
         });
     }
     t.runs_started += u64_at(b, offset_of!(types::skprof_runs, seq))?;
@@ -373,7 +374,7 @@ mod tests {
                 run_id: (1 << 48) | 5,
                 prog_slot: 2,
                 prog_id: 77,
-                nr_acquired: 0,
+                nr_held: 0,
             }]
         );
         assert!(parse_runs(0, &b[..8], &mut t).is_err());

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::mem::{size_of, MaybeUninit};
+use std::mem::{offset_of, size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -120,6 +121,8 @@ unsafe impl Pod for types::skprof_event {}
 
 // SAFETY: generated from `struct skprof_trace` (integers only).
 unsafe impl Pod for types::skprof_trace {}
+// SAFETY: generated from `struct skprof_calls` (u64 arrays only).
+unsafe impl Pod for types::skprof_calls {}
 // SAFETY: generated from `struct skprof_jit_table` (u32s and an array of
 // u64/u64/u32/u32 ranges).
 unsafe impl Pod for types::skprof_jit_table {}
@@ -186,6 +189,71 @@ pub struct ProbeOptions {
     /// Key every call by where it happened (netns, ifindex): probe reads
     /// on every exit, for grouping by netns or interface.
     pub places: bool,
+    /// Which calls are timed (every call is counted).
+    pub sampling: LatencySample,
+}
+
+/// Which calls the probes time (`--latency-sample`). Every call is counted
+/// whatever this says; timing one costs two clock reads and the histogram
+/// update, most of what the probes add beyond the trampolines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencySample {
+    /// Every call while a (CPU, helper) sees calls less often than every
+    /// `budget_ns`; above that rate, a random sample spaced `budget_ns`
+    /// apart on average.
+    Auto { budget_ns: u64 },
+    /// One call in N on average, at random (N = 1: every call).
+    Every(u32),
+}
+
+impl LatencySample {
+    /// The default budget: at most ~20k timed calls a second per CPU and
+    /// helper, plenty for percentiles every second, while a hot helper (a
+    /// call every 100 ns natively) has about one call in 500 timed.
+    pub const AUTO: LatencySample = LatencySample::Auto { budget_ns: 50_000 };
+
+    /// Parses `auto`, `auto:DURATION` (a budget such as `auto:50us`),
+    /// `all`, or N (one call in N).
+    pub fn parse(s: &str) -> std::result::Result<LatencySample, String> {
+        let s = s.trim();
+        if s == "auto" {
+            return Ok(LatencySample::AUTO);
+        }
+        if s == "all" {
+            return Ok(LatencySample::Every(1));
+        }
+        if let Some(d) = s.strip_prefix("auto:") {
+            let ns = (crate::workload::cli::parse_duration(d)?.as_secs_f64() * 1e9).round();
+            if !(1.0..=1e9).contains(&ns) {
+                return Err(format!("auto budget {d:?} must be between 1ns and 1s"));
+            }
+            return Ok(LatencySample::Auto {
+                budget_ns: ns as u64,
+            });
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(LatencySample::Every(n)),
+            _ => Err(format!(
+                "{s:?} is not auto, auto:DURATION, all, or a number of calls from 1 to 1000000"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LatencySample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            LatencySample::Auto { budget_ns } => {
+                write!(
+                    f,
+                    "auto (timed calls {} us apart per CPU and helper at most on average)",
+                    budget_ns as f64 / 1e3
+                )
+            }
+            LatencySample::Every(1) => f.write_str("all"),
+            LatencySample::Every(n) => write!(f, "1 in {n}"),
+        }
+    }
 }
 
 impl Default for ProbeOptions {
@@ -197,6 +265,7 @@ impl Default for ProbeOptions {
             ledger_stacks: false,
             ledger_trace: false,
             places: true,
+            sampling: LatencySample::AUTO,
         }
     }
 }
@@ -233,6 +302,113 @@ pub struct Probes {
     bss: types::bss,
     /// Why fentry was not used in `ProbeMode::Auto`, when it was not.
     pub fallback_reason: Option<String>,
+    /// The `calls` array, mapped: every call by (CPU, program slot, helper)
+    /// when calls are not grouped by place.
+    calls: CallsMap,
+    places: bool,
+}
+
+/// Program slots the `calls` array has room for (`SKPROF_MAX_PROGS`).
+const CALL_SLOTS: usize = 256;
+
+/// The `calls` map (`BPF_F_MMAPABLE`) mapped into our memory, so a reading
+/// takes no system call per element. Unmapped on drop.
+struct CallsMap {
+    ptr: *mut u64,
+    /// Bytes mapped.
+    len: usize,
+    cpus: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; it is
+// only read (and zeroed for freed slots) through `&self`/`&mut self`, with
+// atomic accesses, so moving it to another thread is sound.
+unsafe impl Send for CallsMap {}
+
+impl CallsMap {
+    /// u64s in one `struct skprof_calls`.
+    const WORDS: usize = size_of::<types::skprof_calls>() / 8;
+
+    fn map(fd: std::os::fd::BorrowedFd<'_>, cpus: usize) -> Result<CallsMap> {
+        let bytes = cpus * CALL_SLOTS * Helper::COUNT * size_of::<types::skprof_calls>();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = bytes.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of an mmapable BPF array's fd, of
+        // the size the kernel allocated for it (max_entries x value size,
+        // rounded up to pages); we own the returned region until munmap.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap map calls: {}", std::io::Error::last_os_error());
+        }
+        Ok(CallsMap {
+            ptr: ptr.cast(),
+            len,
+            cpus,
+        })
+    }
+
+    /// The counter at `word` of element (cpu, slot, helper).
+    fn word(&self, cpu: usize, slot: usize, helper: usize, word: usize) -> &AtomicU64 {
+        let i = ((cpu * CALL_SLOTS + slot) * Helper::COUNT + helper) * Self::WORDS + word;
+        assert!(i * 8 < self.len, "calls index out of the mapping");
+        // SAFETY: `i` is inside the mapping (checked), u64-aligned (the
+        // mapping is page-aligned and values are 136 = 17 x 8 bytes), and
+        // the kernel writes these words concurrently, which atomic loads
+        // and stores of the same width tolerate.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(i)) }
+    }
+
+    /// Every (slot, helper) with calls, summed over CPUs: outcomes, hits
+    /// and acquired, as `struct skprof_calls` lays them out.
+    fn read(&self) -> Vec<(u32, Helper, [u64; Self::WORDS])> {
+        let mut out = Vec::new();
+        for slot in 0..CALL_SLOTS {
+            for (h, helper) in Helper::ALL.iter().enumerate() {
+                let mut sum = [0u64; Self::WORDS];
+                for cpu in 0..self.cpus {
+                    for (w, x) in sum.iter_mut().enumerate() {
+                        *x += self.word(cpu, slot, h, w).load(Ordering::Relaxed);
+                    }
+                }
+                if sum.iter().any(|&x| x != 0) {
+                    out.push((slot as u32, *helper, sum));
+                }
+            }
+        }
+        out
+    }
+
+    /// Zeroes a freed slot's counters, so its next program starts from 0.
+    fn forget(&mut self, slot: usize) {
+        if slot >= CALL_SLOTS {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            for h in 0..Helper::COUNT {
+                for w in 0..Self::WORDS {
+                    self.word(cpu, slot, h, w).store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CallsMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the region mmap returned, mapped
+        // once and unmapped only here.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
 
 /// The JIT image of one function (main or subprogram) of a program that is
@@ -329,6 +505,11 @@ impl Probes {
             .hists
             .set_max_entries(opts.max_series.max(1))
             .context("set the number of series")?;
+        let cpus = libbpf_rs::num_possible_cpus().context("count the possible CPUs")?;
+        open.maps
+            .calls
+            .set_max_entries((cpus * CALL_SLOTS * Helper::COUNT) as u32)
+            .context("size map calls")?;
         let rodata = open
             .maps
             .rodata_data
@@ -337,6 +518,10 @@ impl Probes {
         rodata.ledger_on = opts.ledger;
         rodata.ledger_stacks = opts.ledger_stacks;
         rodata.places_on = opts.places;
+        (rodata.sample_every, rodata.sample_budget_ns) = match opts.sampling {
+            LatencySample::Auto { budget_ns } => (0, budget_ns),
+            LatencySample::Every(n) => (n, 0),
+        };
         rodata.ledger_trace = opts.ledger_trace && opts.ledger;
         if rodata.ledger_trace {
             open.maps
@@ -389,6 +574,7 @@ impl Probes {
         })
         .context("open the events ring buffer")?;
         let events = rb.build().context("open the events ring buffer")?;
+        let calls = CallsMap::map(skel.maps.calls.as_fd(), cpus)?;
         Ok(Probes {
             events,
             event_buf,
@@ -404,6 +590,8 @@ impl Probes {
                 jit_in_use: 0,
             },
             fallback_reason: None,
+            calls,
+            places: opts.places,
         })
     }
 
@@ -630,6 +818,7 @@ impl Probes {
             };
             let mut cell = Cell::default();
             let hist = merge_cpus(&per_cpu, &mut dense, |h| {
+                cell.calls += h.calls;
                 for c in 0..SockClass::COUNT {
                     cell.hits[c] += h.hits[c];
                     cell.acquired[c] += h.acquired[c];
@@ -645,6 +834,39 @@ impl Probes {
             };
             // Keys differ only in fields this build does not know: merge.
             cells.entry(key).or_insert_with(Cell::default).merge(&cell);
+        }
+        // Without places the hash cells hold only the timed calls'
+        // latency; every call is counted in the array.
+        if !self.places {
+            let o = |f: usize| f / 8;
+            let (outcomes, hits, acquired) = (
+                o(offset_of!(types::skprof_calls, outcomes)),
+                o(offset_of!(types::skprof_calls, hits)),
+                o(offset_of!(types::skprof_calls, acquired)),
+            );
+            for (slot, helper, w) in self.calls.read() {
+                for outcome in Outcome::ALL {
+                    let calls = w[outcomes + outcome.index()];
+                    if calls == 0 {
+                        continue;
+                    }
+                    let key = CellKey {
+                        prog: slot,
+                        helper,
+                        outcome,
+                        netns: 0,
+                        ifindex: 0,
+                    };
+                    let cell = cells.entry(key).or_insert_with(Cell::default);
+                    cell.calls += calls;
+                    if outcome == Outcome::Hit {
+                        for c in 0..SockClass::COUNT {
+                            cell.hits[c] += w[hits + c];
+                            cell.acquired[c] += w[acquired + c];
+                        }
+                    }
+                }
+            }
         }
         let mut holds = BTreeMap::new();
         let holds_map = &self.skel.maps.holds;
@@ -678,6 +900,7 @@ impl Probes {
                 events_dropped: c.events_dropped,
                 run_table_full: c.run_table_full,
                 hists_full: c.hists_full,
+                run_refs_full: c.run_refs_full,
             });
         }
         Ok(Snapshot {
@@ -691,7 +914,7 @@ impl Probes {
 
     /// Deletes the aggregates of program slots that were freed (their
     /// program went away), so a slot's next program starts from zero.
-    pub fn forget_slots(&self, slots: &[u32]) -> Result<()> {
+    pub fn forget_slots(&mut self, slots: &[u32]) -> Result<()> {
         if slots.is_empty() {
             return Ok(());
         }
@@ -705,6 +928,7 @@ impl Probes {
         }
         for slot in slots {
             let _ = self.skel.maps.holds.delete(&slot.to_ne_bytes());
+            self.calls.forget(*slot as usize);
         }
         Ok(())
     }
@@ -787,6 +1011,7 @@ fn trace_event(t: &types::skprof_trace) -> Option<LedgerEvent> {
             class,
             refcounted: flag(F::SKPROF_TF_REFCOUNTED),
             recorded: flag(F::SKPROF_TF_RECORDED),
+            timed: flag(F::SKPROF_TF_TIMED),
         },
         x if x == T::SKPROF_EV_RELEASE.0 => LedgerEvent::Release {
             ts,

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::attrib::Attributor;
 use crate::bpf::floor::Floor;
-use crate::bpf::probes::{ProbeMode, ProbeOptions, Probes};
+use crate::bpf::probes::{LatencySample, ProbeMode, ProbeOptions, Probes};
 use crate::kernel::KernelFunctions;
 use crate::model::ids::Family;
 use crate::workload::{Workload, WorkloadOpts};
@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// bpftrace and BCC).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Config::DEFAULT)]
     pub configs: Vec<Config>,
+    /// Which calls skprof's configurations time (as the tracing commands'
+    /// flag; `time_all` times every call whatever this says).
+    #[arg(long, default_value = "auto", value_parser = LatencySample::parse)]
+    pub latency_sample: LatencySample,
     /// One JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +78,9 @@ pub enum Config {
     /// The probes, the ledger and fentry/fexit on the calling program:
     /// `skprof stat`'s default.
     Attribution,
+    /// The default with every call timed (`--latency-sample all`): the
+    /// price of exact latency on a hot path.
+    TimeAll,
     /// The default and each call's netns and interface read into its key,
     /// as `stat --by netns|interface`, `top` and `record` run.
     Places,
@@ -85,12 +92,13 @@ pub enum Config {
 
 impl Config {
     /// What --configs times by default: the floor and every tracer.
-    pub const DEFAULT: [Config; 8] = [
+    pub const DEFAULT: [Config; 9] = [
         Config::Floor,
         Config::FloorProg,
         Config::Aggregation,
         Config::Ledger,
         Config::Attribution,
+        Config::TimeAll,
         Config::Places,
         Config::StackAttribution,
         Config::Kprobe,
@@ -104,6 +112,7 @@ impl Config {
             Config::Aggregation => "aggregation",
             Config::Ledger => "+ledger",
             Config::Attribution => "+attribution",
+            Config::TimeAll => "+time all",
             Config::Places => "+places",
             Config::StackAttribution => "+stack attr",
             Config::Kprobe => "kprobe",
@@ -156,6 +165,62 @@ pub struct Spread {
     pub spread_pct: f64,
 }
 
+/// Per (case, configuration), the median over the passes: the figure to
+/// quote. Each pass attaches its tracer afresh, and where the JIT places a
+/// program moves a pass's cost by 10-20% under TCG; the median of several
+/// passes moves much less between two bench runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub case: String,
+    pub config: Config,
+    pub floor: Config,
+    /// Passes with a ratio.
+    pub passes: usize,
+    pub added_ns: f64,
+    pub x_floor: f64,
+    pub x_none: f64,
+}
+
+/// The medians over passes of each (case, configuration)'s ratios (pure).
+pub fn summarize(rs: &[Ratio]) -> Vec<Summary> {
+    let mut keys: Vec<(&str, Config)> = Vec::new();
+    for r in rs {
+        if !keys.contains(&(r.case.as_str(), r.config)) {
+            keys.push((&r.case, r.config));
+        }
+    }
+    keys.into_iter()
+        .map(|(case, config)| {
+            let of = |f: fn(&Ratio) -> f64| {
+                let v: Vec<f64> = rs
+                    .iter()
+                    .filter(|r| r.case == case && r.config == config)
+                    .map(f)
+                    .filter(|x| x.is_finite())
+                    .collect();
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    min_median(v).1
+                }
+            };
+            let mine: Vec<&Ratio> = rs
+                .iter()
+                .filter(|r| r.case == case && r.config == config)
+                .collect();
+            Summary {
+                case: case.to_string(),
+                config,
+                floor: mine[0].floor,
+                passes: mine.len(),
+                added_ns: of(|r| r.added_ns),
+                x_floor: of(|r| r.x_floor),
+                x_none: of(|r| r.x_none),
+            }
+        })
+        .collect()
+}
+
 /// Min and median of measurements (pure).
 pub fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     if v.is_empty() {
@@ -183,9 +248,12 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
         .filter(|m| m.config != Config::None)
         .filter_map(|m| {
             let none = get(m.pass, &m.case, Config::None)?;
-            let prog_floor = matches!(m.config, Config::Attribution | Config::Places)
-                .then(|| get(m.pass, &m.case, Config::FloorProg))
-                .flatten();
+            let prog_floor = matches!(
+                m.config,
+                Config::Attribution | Config::TimeAll | Config::Places
+            )
+            .then(|| get(m.pass, &m.case, Config::FloorProg))
+            .flatten();
             let (floor_cfg, floor) = match prog_floor {
                 Some(f) => (Config::FloorProg, f),
                 None => (Config::Floor, get(m.pass, &m.case, Config::Floor)?),
@@ -326,12 +394,22 @@ fn measure(
 }
 
 /// Attaches `config`'s tracer; dropping the result detaches it.
-fn attach(config: Config, funcs: &KernelFunctions, w: &Workload) -> Result<Box<dyn Any>> {
+fn attach(
+    config: Config,
+    funcs: &KernelFunctions,
+    w: &Workload,
+    sampling: LatencySample,
+) -> Result<Box<dyn Any>> {
     // As `stat` runs by default: no place reads, but in +places.
     let probes = |mode, ledger, places| {
         let opts = ProbeOptions {
             ledger,
             places,
+            sampling: if config == Config::TimeAll {
+                LatencySample::Every(1)
+            } else {
+                sampling
+            },
             ..ProbeOptions::default()
         };
         Probes::load(mode, funcs, &opts)
@@ -346,7 +424,7 @@ fn attach(config: Config, funcs: &KernelFunctions, w: &Workload) -> Result<Box<d
         Config::Aggregation => Box::new(probes(ProbeMode::Fentry, false, false)?),
         Config::Ledger => Box::new(probes(ProbeMode::Fentry, true, false)?),
         Config::Kprobe => Box::new(probes(ProbeMode::Kprobe, true, false)?),
-        Config::Attribution | Config::Places | Config::StackAttribution => {
+        Config::Attribution | Config::TimeAll | Config::Places | Config::StackAttribution => {
             let stack = config == Config::StackAttribution;
             let mut p = probes(ProbeMode::Fentry, true, config == Config::Places)?;
             let mut attrib = Attributor::new(8, stack);
@@ -397,25 +475,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut ms = Vec::new();
     for pass in 1..=args.passes {
         for &config in &configs {
-            let guard =
-                attach(config, &funcs, &w).with_context(|| format!("bench {}", config.label()))?;
+            let guard = attach(config, &funcs, &w, args.latency_sample)
+                .with_context(|| format!("bench {}", config.label()))?;
             measure(&mut w, args, &mut hw, pass, config, &mut ms)?;
             drop(guard);
         }
     }
     let rs = ratios(&ms);
     let sp = spreads(&rs);
+    let su = summarize(&rs);
     if args.json {
         let v = serde_json::json!({"repeat": args.repeat, "runs": args.runs,
-            "passes": args.passes, "hardware_counters": hw_missing.is_none(),
+            "passes": args.passes, "latency_sample": args.latency_sample.to_string(),
+            "hardware_counters": hw_missing.is_none(),
             "hardware_counters_note": hw_missing,
-            "measurements": ms, "ratios": rs, "spread": sp});
+            "measurements": ms, "ratios": rs, "spread": sp, "summary": su});
         println!("{v}");
         return Ok(());
     }
     print!(
         "{}",
-        format_tables(args, &ms, &rs, &sp, hw_missing.as_deref())
+        format_tables(args, &ms, &rs, &sp, &su, hw_missing.as_deref())
     );
     Ok(())
 }
@@ -426,12 +506,13 @@ pub fn format_tables(
     ms: &[Measurement],
     rs: &[Ratio],
     sp: &[Spread],
+    su: &[Summary],
     hw_missing: Option<&str>,
 ) -> String {
     let mut t = format!(
         "ns per tc program run (one lookup, and a release when it took a reference), \
-         BPF_PROG_TEST_RUN x {}, {} runs each, {} passes\n",
-        args.repeat, args.runs, args.passes
+         BPF_PROG_TEST_RUN x {}, {} runs each, {} passes, latency sampling {}\n",
+        args.repeat, args.runs, args.passes, args.latency_sample
     );
     if let Some(note) = hw_missing {
         t += note;
@@ -487,6 +568,23 @@ pub fn format_tables(
                 s.min_x_floor,
                 s.max_x_floor,
                 s.spread_pct
+            );
+        }
+    }
+    if args.passes > 1 && !su.is_empty() {
+        t += &format!(
+            "\nmedian over passes:\n{:<16} {:<13} {:>9} {:>8} {:>7}  FLOOR\n",
+            "CASE", "CONFIG", "+ns", "x FLOOR", "x NONE"
+        );
+        for s in su {
+            t += &format!(
+                "{:<16} {:<13} {:>9.1} {:>8.2} {:>7.2}  {}\n",
+                s.case,
+                s.config.label(),
+                s.added_ns,
+                s.x_floor,
+                s.x_none,
+                s.floor.label()
             );
         }
     }
@@ -547,6 +645,17 @@ mod tests {
         assert_eq!(sp[0].config, Config::Aggregation);
         let want = (308.0 / 220.0 - 1.3) / 1.3 * 100.0;
         assert!((sp[0].spread_pct - want).abs() < 1e-9, "{sp:?}");
+
+        // The summary: one row per (case, configuration), the median over
+        // the passes that timed it.
+        let su = summarize(&rs);
+        assert_eq!(su.len(), 3, "{su:?}");
+        let a = su.iter().find(|s| s.config == Config::Aggregation).unwrap();
+        assert_eq!(a.passes, 2);
+        assert!((a.x_floor - (1.3 + 308.0 / 220.0) / 2.0).abs() < 1e-9);
+        assert_eq!(a.added_ns, (260.0 + 308.0) / 2.0);
+        let b = su.iter().find(|s| s.config == Config::Attribution).unwrap();
+        assert_eq!((b.passes, b.x_floor), (1, 3.0));
     }
 
     #[test]
@@ -597,6 +706,7 @@ mod tests {
             passes: 1,
             cases: vec!["tcp/listener".into()],
             configs: vec![Config::Ledger],
+            latency_sample: LatencySample::AUTO,
             json: false,
         };
         let t = format_tables(
@@ -604,6 +714,7 @@ mod tests {
             &[m(1, Config::Ledger, 150.0)],
             &rs,
             &[],
+            &summarize(&rs),
             Some("no PMU"),
         );
         assert!(t.contains("no PMU"), "{t}");

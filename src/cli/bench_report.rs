@@ -55,7 +55,7 @@ pub fn read_all(path: &Path) -> Result<(u64, u64)> {
     let (mut readings, mut first, mut last) = (0u64, None, 0u64);
     for frame in r.frames() {
         if let Frame::Interval(i) = frame? {
-            let calls: u64 = i.snapshot.cells.values().map(|c| c.hist.count).sum();
+            let calls: u64 = i.snapshot.cells.values().map(|c| c.calls).sum();
             readings += 1;
             first.get_or_insert(calls);
             last = calls;

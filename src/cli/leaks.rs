@@ -352,7 +352,7 @@ impl Tracer {
         let mut file = std::io::BufWriter::new(file);
         writeln!(
             file,
-            "# skprof ledger trace v1: kernel {}, {:?} probes, ledger_size {ledger_size}",
+            "# skprof ledger trace v2: kernel {}, {:?} probes, ledger_size {ledger_size}",
             session.kernel,
             session.probes.kind()
         )

@@ -24,7 +24,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::attrib::Attributor;
-use crate::bpf::probes::{ProbeKind, ProbeMode, ProbeOptions, Probes};
+use crate::bpf::probes::{LatencySample, ProbeKind, ProbeMode, ProbeOptions, Probes};
 use crate::error::{SkprofError, EXIT_CODES_HELP};
 use crate::kernel::{self, KernelFunctions, Privileges};
 use crate::model::ids::Family;
@@ -137,6 +137,13 @@ pub struct SessionArgs {
     /// probes) and show it with the figures.
     #[arg(long)]
     pub calibrate: bool,
+    /// Which calls are timed; every call is counted whatever this says.
+    /// auto: every call while a helper is called less than every 50 us on
+    /// a CPU, above that a random sample spaced 50 us apart on average
+    /// (auto:DURATION sets the spacing); all: every call (the most
+    /// overhead); N: one call in N, at random.
+    #[arg(long, default_value = "auto", value_parser = LatencySample::parse)]
+    pub latency_sample: LatencySample,
     /// BPF programs traced at most (the rest count as not traced).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=255))]
     pub max_programs: u64,
@@ -265,6 +272,7 @@ impl Session {
             ledger_stacks: args.stacks,
             ledger_trace,
             places: args.places,
+            sampling: args.latency_sample,
         };
         // Calibration times the workload before and after the probes
         // attach; a failure costs only the figure.
@@ -411,12 +419,24 @@ impl Session {
                     "\nAttributing calls to {} BPF programs that call the helpers",
                     a.programs().count()
                 );
-                let by_stack = a
+                let by_stack: Vec<_> = a
                     .programs()
                     .filter(|p| p.method == crate::attrib::Method::Stack)
-                    .count();
-                if by_stack > 0 {
-                    s += &format!(" ({by_stack} by kernel stack: no per-run leak check)");
+                    .collect();
+                if !by_stack.is_empty() {
+                    s += &format!(
+                        " ({} by kernel stack: no per-run leak check",
+                        by_stack.len()
+                    );
+                    // Why tracing was refused, once (it is the same reason
+                    // for every program more often than not).
+                    if let Some((p, why)) = by_stack
+                        .iter()
+                        .find_map(|p| p.fallback.as_ref().map(|w| (p, w)))
+                    {
+                        s += &format!("; {} not traced: {why}", p.name);
+                    }
+                    s += ")";
                 }
                 let untraceable = a.untraceable().len();
                 if untraceable > 0 {

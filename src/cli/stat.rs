@@ -298,6 +298,7 @@ mod tests {
             dense[slot_of(v)] += 1;
         }
         let mut cell = Cell {
+            calls: LogHist::from_dense(4, 10_000, 4000, 0, &dense).count,
             hist: LogHist::from_dense(4, 10_000, 4000, 0, &dense),
             ..Default::default()
         };
@@ -321,6 +322,7 @@ mod tests {
                 ..key
             },
             Cell {
+                calls: LogHist::from_dense(4, 10_000, 4000, 0, &dense).count,
                 hist: LogHist::from_dense(4, 10_000, 4000, 0, &dense),
                 ..Default::default()
             },

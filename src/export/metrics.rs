@@ -365,7 +365,7 @@ impl Exporter {
             l.push(("helper", helper.function().to_string()));
             let mut lo = l.clone();
             lo.push(("outcome", outcome.name().to_string()));
-            calls.push(lo.clone(), Value::Counter(c.hist.count));
+            calls.push(lo.clone(), Value::Counter(c.calls));
             latency.push(lo, histogram(&c.hist));
             for class in SockClass::ALL {
                 let n = c.acquired[class.index()];
@@ -569,6 +569,7 @@ impl Exporter {
             ("ledger_full", c.ledger_full),
             ("events_lost", c.events_dropped),
             ("run_table_full", c.run_table_full),
+            ("run_refs_full", c.run_refs_full),
         ] {
             drops.push(vec![("reason", reason.to_string())], Value::Counter(v));
         }

@@ -43,6 +43,7 @@ pub(crate) mod tests {
 
     fn cell(values: &[u64], acquired: &[(SockClass, u64)]) -> Cell {
         let mut c = Cell {
+            calls: LogHist::from_values(values).count,
             hist: LogHist::from_values(values),
             ..Default::default()
         };
@@ -550,11 +551,13 @@ pub(crate) mod tests {
         };
         assert_eq!(calls_of(&e, &r, "tc_steer"), Some(6.0));
         // Slot 1 made one more call, then its program went away.
-        r.snapshot
+        let c = r
+            .snapshot
             .cells
             .get_mut(&key(1, Helper::TcSkLookupTcp, Outcome::NoSocket, 1))
-            .unwrap()
-            .hist = LogHist::from_values(&[150, 160, 170]);
+            .unwrap();
+        c.hist = LogHist::from_values(&[150, 160, 170]);
+        c.calls = 3;
         e.update(&mut r, &[1]);
         assert!(!r.programs.contains_key(&1) && r.snapshot.programs() == vec![0, 2]);
         assert_eq!(calls_of(&e, &r, "tc_steer"), Some(7.0));

@@ -249,7 +249,7 @@ impl LeakWatch {
 
 /// The loss counters' names: the reasons `skprof export` uses in
 /// `skprof_drops_total{reason}`, in [`drop_counts`]' order.
-pub const DROP_REASONS: [&str; 8] = [
+pub const DROP_REASONS: [&str; 9] = [
     "unmatched_exit",
     "evicted_entry",
     "recursion_miss",
@@ -258,10 +258,11 @@ pub const DROP_REASONS: [&str; 8] = [
     "ledger_full",
     "events_lost",
     "run_table_full",
+    "run_refs_full",
 ];
 
 /// Each loss counter, in [`DROP_REASONS`]' order.
-pub fn drop_counts(d: &Drops) -> [u64; 8] {
+pub fn drop_counts(d: &Drops) -> [u64; 9] {
     [
         d.unmatched_exits,
         d.evicted_entries,
@@ -271,15 +272,16 @@ pub fn drop_counts(d: &Drops) -> [u64; 8] {
         d.ledger_full,
         d.events_dropped,
         d.run_table_full,
+        d.run_refs_full,
     ]
 }
 
 /// The probes' loss counters, read cumulatively each scan: what rose.
 #[derive(Debug, Clone, Default)]
 pub struct DropWatch {
-    last: [u64; 8],
+    last: [u64; 9],
     /// Every increase since the start, per reason.
-    totals: [u64; 8],
+    totals: [u64; 9],
 }
 
 impl DropWatch {
@@ -664,6 +666,7 @@ mod tests {
             ledger_full: 0,
             events_dropped: 0,
             run_table_full: 0,
+            run_refs_full: 0,
         };
         assert!(d.update(&x).is_empty());
         x.ledger_full = 3;

@@ -1,5 +1,6 @@
 //! The reference ledger as a pure state machine: the same matching the
-//! kernel side does (bpf/skprof.bpf.c `ledger_acquire` / `on_release`,
+//! kernel side does (bpf/skprof.bpf.c `on_exit` / `on_release`,
+//! bpf/shared.bpf.h `held_push` / `held_take` / `ledger_hold`,
 //! bpf/attrib.bpf.c `prog_exit`), replayed from a recorded stream of ledger
 //! events.
 //!
@@ -14,21 +15,29 @@
 //! interleaving, overflow, unmatched releases and leaks.
 //!
 //! Rules (the kernel's):
-//! - A refcounted hit takes a reference. The ledger keeps one entry per
+//! - Each CPU keeps a *held stack* of the sockets its traced runs looked up
+//!   and have not released, at most [`HELD`] entries (holes included: an
+//!   entry released from the middle stays a hole until everything above it
+//!   is gone). A hit of a traced run (`run` ≠ 0) is pushed there, refcounted
+//!   or not. This is the hot path: no hash map, no socket read at release.
+//! - A refcounted hit that finds the stack full (`run_refs_full`), or whose
+//!   caller is not traced, goes to the *global ledger*: one entry per
 //!   socket, at most `capacity` sockets (more: `ledger_full`, not recorded),
 //!   with up to [`HOLDERS`] holders, one per (program slot, helper); a fifth
-//!   acquirer shares the last holder.
-//! - A refcounted release closes the most recently acquired holder (runs
-//!   nest: last in, first out). The socket leaves the ledger when its last
-//!   holder's last reference goes. A refcounted release that closes nothing
-//!   is *unmatched* (SOCKMAP/SOCKHASH sockets, `bpf_skc_to_*`, or acquired
-//!   before tracing began): its own class, not an error.
-//! - Non-refcounted hits (listeners, UDP: RCU-freed) and no-op releases take
-//!   and drop nothing; they are classified, never leaks.
-//! - A traced run remembers the first [`RUN_REFS`] sockets it acquired. At
-//!   its end, every holder of those sockets still holding a reference from
-//!   that run is a run leak (once per remembered acquire, as the kernel
-//!   reports them).
+//!   acquirer shares the last holder. A non-refcounted hit of an untraced
+//!   caller is not recorded.
+//! - A release first takes the newest entry for its socket on its CPU's
+//!   held stack (runs nest: last in, first out); a non-refcounted entry
+//!   makes it a no-op release. Otherwise the socket is read: not refcounted
+//!   (listeners, UDP: RCU-freed) is a no-op; refcounted closes the global
+//!   ledger's most recently acquired holder, and a refcounted release that
+//!   closes nothing is *unmatched* (SOCKMAP/SOCKHASH sockets,
+//!   `bpf_skc_to_*`, or acquired before tracing began): its own class, not
+//!   an error.
+//! - At a run's end its entries leave the held stack; every refcounted one
+//!   is a run leak: it moves to the global ledger (where a later release can
+//!   still close it) and is reported once per entry, unless the global
+//!   ledger is full.
 
 use std::collections::BTreeMap;
 
@@ -38,8 +47,8 @@ use super::ids::{Helper, SockClass};
 
 /// Holders one ledger socket tells apart (`SKPROF_REF_HOLDERS`).
 pub const HOLDERS: usize = 4;
-/// Acquired sockets a run remembers for its exit check (`SKPROF_RUN_REFS`).
-pub const RUN_REFS: usize = 4;
+/// Entries one CPU's held stack keeps (`SKPROF_HELD`).
+pub const HELD: usize = 16;
 
 /// One ledger step, as the kernel traced it (`struct skprof_trace`, and
 /// `struct skprof_event` for run leaks). JSON lines in recordings and test
@@ -59,8 +68,14 @@ pub enum LedgerEvent {
         #[serde(with = "class_name")]
         class: SockClass,
         refcounted: bool,
-        /// The kernel's verdict: the ledger holds it (it was not full).
+        /// The kernel's verdict: the held stack or the ledger holds it
+        /// (it was not full).
         recorded: bool,
+        /// The lookup was timed (latency sampling), so the kernel keeps
+        /// `ts` as the reference's time; untimed references on the held
+        /// stack have none until a run leak gives them the run's end.
+        #[serde(default)]
+        timed: bool,
     },
     /// `bpf_sk_release`; `sk` 0 for NULL.
     Release {
@@ -121,10 +136,23 @@ const FREE: Holder = Holder {
 #[derive(Debug, Clone)]
 struct Run {
     slot: u32,
-    /// The first RUN_REFS sockets acquired.
-    acquired: Vec<u64>,
     /// The kernel's run leaks seen for this run so far: (sk, slot).
     kernel_leaks: Vec<(u64, u32)>,
+}
+
+/// An entry of a CPU's held stack (`struct skprof_held`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    sk: u64,
+    run: u64,
+    slot: u32,
+    helper: Helper,
+    class: SockClass,
+    refcounted: bool,
+    /// The kernel's time for the reference: the acquire's when timed.
+    acquired_ns: u64,
+    /// The acquire record's time.
+    seen_ns: u64,
 }
 
 /// What the model concluded from one event.
@@ -183,6 +211,8 @@ pub struct ModelTally {
     pub null: u64,
     pub unmatched: u64,
     pub runs: u64,
+    /// Refcounted hits of traced runs that found the held stack full.
+    pub run_refs_full: u64,
     pub run_leaks: u64,
     pub disagreements: u64,
 }
@@ -192,6 +222,8 @@ pub struct ModelTally {
 pub struct LedgerModel {
     capacity: usize,
     sockets: BTreeMap<u64, [Holder; HOLDERS]>,
+    /// Each CPU's held stack; `None` is a hole.
+    held: BTreeMap<u32, Vec<Option<Held>>>,
     runs: BTreeMap<u64, Run>,
     pub tally: ModelTally,
 }
@@ -209,6 +241,7 @@ impl LedgerModel {
         LedgerModel {
             capacity,
             sockets: BTreeMap::new(),
+            held: BTreeMap::new(),
             runs: BTreeMap::new(),
             tally: ModelTally::default(),
         }
@@ -222,6 +255,7 @@ impl LedgerModel {
         match *ev {
             LedgerEvent::Acquire {
                 ts,
+                cpu,
                 sk,
                 run,
                 slot,
@@ -229,18 +263,27 @@ impl LedgerModel {
                 class,
                 refcounted,
                 recorded,
-                ..
+                timed,
             } => {
-                if !refcounted {
-                    self.tally.not_refcounted += 1;
-                    out.push(Finding::NotRefcounted { class });
-                    if recorded {
-                        out.push(Finding::Disagree(format!(
-                            "kernel recorded a non-refcounted hit on {sk:#x}"
-                        )));
+                let entry = Held {
+                    sk,
+                    run,
+                    slot,
+                    helper,
+                    class,
+                    refcounted,
+                    acquired_ns: if timed { ts } else { 0 },
+                    seen_ns: ts,
+                };
+                // A traced run's hit goes on its CPU's held stack.
+                let mut took = run != 0 && self.held_push(cpu, entry);
+                if run != 0 && !took && refcounted {
+                    self.tally.run_refs_full += 1;
+                }
+                if refcounted {
+                    if !took {
+                        took = self.global_acquire(ts, sk, run, slot, helper);
                     }
-                } else {
-                    let took = self.acquire(ts, sk, run, slot, helper);
                     if took {
                         self.tally.acquired += 1;
                         out.push(Finding::Acquired { sk, slot, helper });
@@ -248,31 +291,62 @@ impl LedgerModel {
                         self.tally.ledger_full += 1;
                         out.push(Finding::LedgerFull { sk });
                     }
-                    if took != recorded {
-                        out.push(Finding::Disagree(format!(
-                            "acquire of {sk:#x}: kernel recorded={recorded}, model={took}"
-                        )));
-                    }
+                } else {
+                    self.tally.not_refcounted += 1;
+                    out.push(Finding::NotRefcounted { class });
+                }
+                if took != recorded {
+                    out.push(Finding::Disagree(format!(
+                        "acquire of {sk:#x}: kernel recorded={recorded}, model={took}"
+                    )));
                 }
             }
             LedgerEvent::Release {
                 ts,
+                cpu,
                 sk,
                 class,
                 refcounted,
                 matched,
                 slot,
                 run,
-                ..
             } => {
                 if sk == 0 {
                     self.tally.null += 1;
                     out.push(Finding::NullRelease);
+                } else if let Some(e) = self.held_take(cpu, sk) {
+                    let agrees = matched && refcounted == e.refcounted && slot == e.slot;
+                    if e.refcounted {
+                        self.tally.closed += 1;
+                        out.push(Finding::Closed {
+                            sk,
+                            slot: e.slot,
+                            helper: e.helper,
+                            hold_ns: ts.saturating_sub(e.seen_ns),
+                        });
+                    } else {
+                        self.tally.noop += 1;
+                        out.push(Finding::Noop { class: e.class });
+                    }
+                    if !agrees {
+                        out.push(Finding::Disagree(format!(
+                            "release of {sk:#x}: kernel matched={matched} refcounted={refcounted} \
+                             slot {slot} run {run:#x}, model took the held entry of slot {} \
+                             run {:#x} (refcounted={})",
+                            e.slot, e.run, e.refcounted
+                        )));
+                    }
                 } else if !refcounted {
                     self.tally.noop += 1;
                     out.push(Finding::Noop { class });
+                    if matched {
+                        out.push(Finding::Disagree(format!(
+                            "release of {sk:#x}: kernel matched a held entry of slot {slot}, \
+                             model holds none on CPU {cpu}"
+                        )));
+                    }
                 } else {
-                    match self.release(ts, sk) {
+                    match self.global_release(ts, sk) {
                         Some(f @ Finding::Closed { slot: s, .. }) => {
                             self.tally.closed += 1;
                             let kernel_run_ok = matched && s == slot;
@@ -303,7 +377,6 @@ impl LedgerModel {
                     run,
                     Run {
                         slot,
-                        acquired: Vec::new(),
                         kernel_leaks: Vec::new(),
                     },
                 );
@@ -315,17 +388,33 @@ impl LedgerModel {
                          does not know"
                 ))),
             },
-            LedgerEvent::RunEnd { run, .. } => {
+            LedgerEvent::RunEnd { ts, cpu, run, .. } => {
                 let Some(r) = self.runs.remove(&run) else {
                     return out;
                 };
+                // The run's entries leave the stack, newest first; the
+                // refcounted ones move to the global ledger as run leaks.
+                let mut leaked = Vec::new();
+                if let Some(stack) = self.held.get_mut(&cpu) {
+                    for e in stack.iter_mut().rev() {
+                        if e.is_some_and(|e| e.run == run) {
+                            leaked.extend(e.take().filter(|e| e.refcounted));
+                        }
+                    }
+                    trim(stack);
+                }
                 let mut predicted = Vec::new();
-                for sk in &r.acquired {
-                    let Some(hs) = self.sockets.get(sk) else {
-                        continue;
+                for e in leaked {
+                    let at = if e.acquired_ns != 0 {
+                        e.acquired_ns
+                    } else {
+                        ts
                     };
-                    for h in hs.iter().filter(|h| h.count > 0 && h.run == run) {
-                        predicted.push((*sk, h.slot));
+                    if self.global_acquire(at, e.sk, run, r.slot, e.helper) {
+                        predicted.push((e.sk, r.slot));
+                    } else {
+                        self.tally.ledger_full += 1;
+                        out.push(Finding::LedgerFull { sk: e.sk });
                     }
                 }
                 for &(sk, _) in &predicted {
@@ -354,8 +443,30 @@ impl LedgerModel {
         out
     }
 
-    /// `ledger_acquire`: false when the ledger is full.
-    fn acquire(&mut self, ts: u64, sk: u64, run: u64, slot: u32, helper: Helper) -> bool {
+    /// `held_push`: false when the CPU's stack is full (holes count).
+    fn held_push(&mut self, cpu: u32, e: Held) -> bool {
+        let stack = self.held.entry(cpu).or_default();
+        if stack.len() >= HELD {
+            return false;
+        }
+        stack.push(Some(e));
+        true
+    }
+
+    /// `held_take`: the newest entry for `sk` on the CPU's stack.
+    fn held_take(&mut self, cpu: u32, sk: u64) -> Option<Held> {
+        let stack = self.held.get_mut(&cpu)?;
+        let e = stack
+            .iter_mut()
+            .rev()
+            .find(|e| e.is_some_and(|e| e.sk == sk))?
+            .take();
+        trim(stack);
+        e
+    }
+
+    /// `ledger_hold`: false when the global ledger is full.
+    fn global_acquire(&mut self, ts: u64, sk: u64, run: u64, slot: u32, helper: Helper) -> bool {
         if !self.sockets.contains_key(&sk) {
             if self.sockets.len() >= self.capacity {
                 return false;
@@ -377,18 +488,12 @@ impl LedgerModel {
         h.count += 1;
         h.acquired_ns = ts;
         h.run = run;
-        if run != 0 {
-            if let Some(r) = self.runs.get_mut(&run) {
-                if r.acquired.len() < RUN_REFS {
-                    r.acquired.push(sk);
-                }
-            }
-        }
         true
     }
 
-    /// `on_release` for a refcounted socket: the holder closed, if any.
-    fn release(&mut self, ts: u64, sk: u64) -> Option<Finding> {
+    /// `on_release` of a refcounted socket not on the held stack: the
+    /// global ledger's holder closed, if any.
+    fn global_release(&mut self, ts: u64, sk: u64) -> Option<Finding> {
         let hs = self.sockets.get_mut(&sk)?;
         let held = hs.iter().filter(|h| h.count > 0).count();
         // The most recent acquirer (ties: the first, as the kernel's strict
@@ -414,26 +519,59 @@ impl LedgerModel {
         Some(closed)
     }
 
-    /// Every outstanding reference holder, by socket.
+    /// Every outstanding reference: the global ledger's holders, and the
+    /// refcounted entries of the held stacks, by socket.
     pub fn outstanding(&self) -> Vec<ModelRef> {
-        self.sockets
+        let mut out: Vec<ModelRef> = self
+            .sockets
             .iter()
             .flat_map(|(&sk, hs)| {
                 hs.iter()
                     .filter(|h| h.count > 0)
                     .map(move |&holder| ModelRef { sk, holder })
             })
-            .collect()
+            .collect();
+        out.extend(
+            self.held
+                .values()
+                .flatten()
+                .flatten()
+                .filter(|e| e.refcounted)
+                .map(|e| ModelRef {
+                    sk: e.sk,
+                    holder: Holder {
+                        count: 1,
+                        slot: e.slot,
+                        helper: e.helper,
+                        run: e.run,
+                        acquired_ns: e.acquired_ns,
+                    },
+                }),
+        );
+        out.sort_by_key(|r| (r.sk, r.holder.slot));
+        out
     }
 
-    /// Sockets in the ledger.
+    /// Sockets in the global ledger.
     pub fn sockets(&self) -> usize {
         self.sockets.len()
+    }
+
+    /// Entries on the CPU's held stack, holes included.
+    pub fn held_depth(&self, cpu: u32) -> usize {
+        self.held.get(&cpu).map_or(0, Vec::len)
     }
 
     /// Runs started and not ended.
     pub fn runs_in_flight(&self) -> usize {
         self.runs.len()
+    }
+}
+
+/// `held_trim`: holes leave the top of the stack.
+fn trim(stack: &mut Vec<Option<Held>>) {
+    while stack.last().is_some_and(Option::is_none) {
+        stack.pop();
     }
 }
 
@@ -620,7 +758,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(leaks, vec![(9, 4, 4096), (9, 4, 4096), (9, 4, 8192)]);
+        assert_eq!(leaks, vec![(9, 4, 8192), (9, 4, 4096)]);
         assert_eq!(m.tally.disagreements, 0, "{f:?}");
         // What stays outstanding: the untraced holder, and the run's leaks.
         let mut left: Vec<(u64, u32, u32)> = m
@@ -684,9 +822,11 @@ mod tests {
         assert_eq!(m.runs_in_flight(), 0);
     }
 
-    /// Recorded by `skprof leaks --trace --self-test --ledger-size 3` in the
-    /// 6.1 VM: releases untraced, so every reference leaks; the ledger of 3
-    /// sockets overflows twice.
+    /// Recorded by `skprof leaks --trace --self-test --self-test-count 2
+    /// --ledger-size 3` in the 6.1 VM: releases untraced, so every
+    /// reference leaks: each run holds its reference on the CPU's held
+    /// stack, and at its end moves it to a global ledger of 3 sockets,
+    /// which overflows twice.
     #[test]
     fn recorded_self_test_leaks_and_overflow_replay_exactly() {
         let evs = fixture("recorded-selftest");
@@ -695,7 +835,7 @@ mod tests {
         let t = &m.tally;
         assert_eq!(
             (t.acquired, t.ledger_full, t.closed, t.run_leaks, t.runs),
-            (8, 2, 0, 8, 56)
+            (10, 2, 0, 8, 56)
         );
         let kernel_leaks = evs
             .iter()
@@ -703,16 +843,137 @@ mod tests {
             .count();
         assert_eq!(kernel_leaks, 8);
         assert_eq!(m.sockets(), 3, "the ledger is full");
-        // With room for every socket, the kernel's "full" verdicts are wrong
-        // for this model, and it says so.
+        // With room for every socket, the model expects the two leaks the
+        // full ledger kept the kernel from reporting, and says so.
         let (_, dis) = replay(64, &evs);
-        assert!(
+        assert_eq!(
             dis.iter()
-                .filter(|d| d.contains("kernel recorded=false"))
-                .count()
-                == 2,
+                .filter(|d| d.contains("kernel reported leaks []"))
+                .count(),
+            2,
             "{dis:?}"
         );
+    }
+
+    fn acquire(ts: u64, sk: u64, run: u64, recorded: bool) -> LedgerEvent {
+        LedgerEvent::Acquire {
+            ts,
+            cpu: 0,
+            sk,
+            run,
+            slot: 1,
+            helper: Helper::TcSkLookupTcp,
+            class: SockClass::Established,
+            refcounted: true,
+            recorded,
+            timed: true,
+        }
+    }
+
+    fn release(ts: u64, sk: u64, run: u64) -> LedgerEvent {
+        LedgerEvent::Release {
+            ts,
+            cpu: 0,
+            sk,
+            class: SockClass::Established,
+            refcounted: true,
+            matched: true,
+            slot: 1,
+            run,
+        }
+    }
+
+    /// A run that holds more than the held stack keeps: the overflow goes
+    /// to the global ledger, a hole in the middle keeps the stack's depth,
+    /// and the run's end moves only its refcounted leftovers.
+    #[test]
+    fn held_stack_overflow_holes_and_run_end() {
+        let mut m = LedgerModel::new(32);
+        let run = 1 << 48 | 1;
+        let mut evs = vec![LedgerEvent::RunStart {
+            ts: 1,
+            cpu: 0,
+            run,
+            slot: 1,
+        }];
+        for i in 0..=HELD as u64 {
+            evs.push(acquire(10 + i, 0x1000 * (i + 1), run, true));
+        }
+        // The middle entry's release leaves a hole; the overflowed one is
+        // closed in the global ledger.
+        evs.push(release(100, 0x1000 * 8, run));
+        evs.push(release(101, 0x1000 * (HELD as u64 + 1), run));
+        let f = findings(&mut m, &evs);
+        assert_eq!(m.tally.run_refs_full, 1);
+        assert_eq!(m.held_depth(0), HELD, "a hole does not shrink the stack");
+        assert_eq!(m.sockets(), 0);
+        assert!(f.contains(&Finding::Closed {
+            sk: 0x1000 * 17,
+            slot: 1,
+            helper: Helper::TcSkLookupTcp,
+            hold_ns: 101 - 26
+        }));
+        // The stack is still full (hole included): the next hit overflows.
+        let f = m.apply(&acquire(102, 0x99000, run, true));
+        assert_eq!(
+            f,
+            vec![Finding::Acquired {
+                sk: 0x99000,
+                slot: 1,
+                helper: Helper::TcSkLookupTcp
+            }]
+        );
+        assert_eq!((m.tally.run_refs_full, m.sockets()), (2, 1));
+        // The run ends holding 15 stack entries and one global one: the 15
+        // are its leaks, reported by the kernel before the end.
+        for i in (0..HELD as u64).filter(|&i| i != 7).rev() {
+            m.apply(&LedgerEvent::RunLeak {
+                ts: 200,
+                sk: 0x1000 * (i + 1),
+                run,
+                slot: 1,
+            });
+        }
+        let f = m.apply(&LedgerEvent::RunEnd {
+            ts: 200,
+            cpu: 0,
+            run,
+            slot: 1,
+        });
+        assert_eq!(
+            f.iter()
+                .filter(|f| matches!(f, Finding::RunLeak { .. }))
+                .count(),
+            HELD - 1,
+            "{f:?}"
+        );
+        assert_eq!(m.tally.disagreements, 0, "{f:?}");
+        assert_eq!((m.held_depth(0), m.sockets()), (0, 16));
+        assert_eq!(m.outstanding().len(), 16);
+    }
+
+    /// A non-refcounted hit of a traced run sits on the held stack; its
+    /// release is matched there and is a no-op, without reading the socket.
+    #[test]
+    fn a_traced_listener_hit_is_held_and_its_release_is_a_noop() {
+        let mut m = LedgerModel::new(8);
+        let f = findings(&mut m, &fixture("interleaved"));
+        assert!(f.contains(&Finding::NotRefcounted {
+            class: SockClass::Listener
+        }));
+        assert_eq!(m.tally.disagreements, 0, "{f:?}");
+        // The same release, had the kernel not matched it: a disagreement.
+        let mut evs = fixture("interleaved");
+        for e in &mut evs {
+            if let LedgerEvent::Release {
+                sk: 12288, matched, ..
+            } = e
+            {
+                *matched = false;
+            }
+        }
+        let (_, dis) = replay(8, &evs);
+        assert_eq!(dis.len(), 1, "{dis:?}");
     }
 
     #[test]
@@ -729,6 +990,7 @@ mod tests {
                 class: SockClass::Established,
                 refcounted: true,
                 recorded: true,
+                timed: false,
             });
         }
         let hs: Vec<(u32, u32)> = m

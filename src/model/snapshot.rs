@@ -24,6 +24,7 @@ pub struct Counters {
     pub events_dropped: u64,
     pub run_table_full: u64,
     pub hists_full: u64,
+    pub run_refs_full: u64,
 }
 
 fn sub_arr<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
@@ -48,6 +49,7 @@ impl Counters {
         self.events_dropped += o.events_dropped;
         self.run_table_full += o.run_table_full;
         self.hists_full += o.hists_full;
+        self.run_refs_full += o.run_refs_full;
     }
 
     pub fn delta(&self, e: &Counters) -> Counters {
@@ -62,6 +64,7 @@ impl Counters {
             events_dropped: self.events_dropped.saturating_sub(e.events_dropped),
             run_table_full: self.run_table_full.saturating_sub(e.run_table_full),
             hists_full: self.hists_full.saturating_sub(e.hists_full),
+            run_refs_full: self.run_refs_full.saturating_sub(e.run_refs_full),
         }
     }
 }
@@ -83,10 +86,15 @@ pub struct CellKey {
     pub ifindex: u32,
 }
 
-/// One (program, helper, outcome) aggregate: latency, and for hits the
-/// class of the sockets found and the references taken.
+/// One (program, helper, outcome) aggregate: every call, the latency of
+/// the calls that were timed (all of them, or a random sample when calls
+/// come faster than the probes' sampling budget), and for hits the class of
+/// the sockets found and the references taken.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cell {
+    /// Every call.
+    pub calls: u64,
+    /// The timed calls' latency: `hist.count` <= `calls`.
     pub hist: LogHist,
     pub hits: [u64; C],
     pub acquired: [u64; C],
@@ -94,17 +102,19 @@ pub struct Cell {
 
 impl Cell {
     pub fn merge(&mut self, o: &Cell) {
+        self.calls += o.calls;
         self.hist.merge(&o.hist);
         add_arr(&mut self.hits, &o.hits);
         add_arr(&mut self.acquired, &o.acquired);
     }
 
     pub fn delta(&self, e: &Cell) -> Cell {
-        if e.hist.count > self.hist.count {
+        if e.calls > self.calls || e.hist.count > self.hist.count {
             // Reset in between (slot reused by another program).
             return self.clone();
         }
         Cell {
+            calls: self.calls - e.calls,
             hist: self.hist.delta(&e.hist),
             hits: sub_arr(&self.hits, &e.hits),
             acquired: sub_arr(&self.acquired, &e.acquired),
@@ -294,6 +304,10 @@ pub struct HelperStats {
     pub helper: &'static str,
     pub calls: u64,
     pub calls_per_s: f64,
+    /// Calls whose latency was measured: all of them, or a random sample
+    /// when calls came faster than the sampling budget
+    /// (`--latency-sample`). The latency figures are over these.
+    pub timed: u64,
     pub hits: u64,
     pub hit_pct: f64,
     pub outcomes: ByOutcome,
@@ -325,7 +339,7 @@ impl HelperStats {
         for cell in cells {
             all.merge(cell);
         }
-        let n = |o: Outcome| cells[o.index()].hist.count;
+        let n = |o: Outcome| cells[o.index()].calls;
         let hits = n(Outcome::Hit);
         let acquired_by_class = ByClass::from_array(&all.acquired);
         // Entry/exit pairing losses are per helper, not per program.
@@ -334,10 +348,11 @@ impl HelperStats {
             program,
             place: None,
             helper: helper.function(),
-            calls: all.hist.count,
-            calls_per_s: rate(all.hist.count, secs),
+            calls: all.calls,
+            calls_per_s: rate(all.calls, secs),
+            timed: all.hist.count,
             hits,
-            hit_pct: pct(hits, all.hist.count),
+            hit_pct: pct(hits, all.calls),
             outcomes: ByOutcome {
                 hit: hits,
                 no_socket: n(Outcome::NoSocket),
@@ -400,6 +415,9 @@ pub struct Drops {
     pub events_dropped: u64,
     /// Traced program runs not recorded (too many nested on a CPU).
     pub run_table_full: u64,
+    /// References a traced run took while its CPU's held stack was full:
+    /// kept in the global ledger, not checked at the run's end.
+    pub run_refs_full: u64,
 }
 
 impl Drops {
@@ -407,7 +425,8 @@ impl Drops {
     pub fn describe(&self) -> String {
         format!(
             "{} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, {} series \
-             over --max-series, {} ledger full, {} events lost, {} runs not recorded",
+             over --max-series, {} ledger full, {} events lost, {} runs not recorded, {} \
+             references past a CPU's held stack",
             self.unmatched_exits,
             self.evicted_entries,
             self.recursion_misses,
@@ -415,7 +434,8 @@ impl Drops {
             self.hists_full,
             self.ledger_full,
             self.events_dropped,
-            self.run_table_full
+            self.run_table_full,
+            self.run_refs_full
         )
     }
 
@@ -428,6 +448,7 @@ impl Drops {
             + self.ledger_full
             + self.events_dropped
             + self.run_table_full
+            + self.run_refs_full
     }
 }
 
@@ -481,7 +502,7 @@ impl IntervalStats {
                 })
                 .filter_map(|(p, h, hold)| {
                     let cells = delta.merged(h, |q| q == p);
-                    (cells.iter().any(|c| c.hist.count > 0)).then(|| {
+                    (cells.iter().any(|c| c.calls > 0)).then(|| {
                         let prog = Some(labels.program(p));
                         HelperStats::from_cells(h, &cells, interval_s, prog, hold, c)
                     })
@@ -527,6 +548,7 @@ impl IntervalStats {
             ledger_full: c.ledger_full,
             events_dropped: c.events_dropped,
             run_table_full: c.run_table_full,
+            run_refs_full: c.run_refs_full,
         };
         IntervalStats {
             interval_s,
@@ -570,7 +592,7 @@ fn place_rows(
             let cells = delta.merged_where(h, |k| {
                 k.netns == netns && ifindex.is_none_or(|i| i == k.ifindex)
             });
-            if cells.iter().all(|c| c.hist.count == 0) {
+            if cells.iter().all(|c| c.calls == 0) {
                 continue;
             }
             let mut row = HelperStats::from_cells(h, &cells, secs, None, None, &delta.counters);
@@ -626,6 +648,7 @@ mod tests {
 
     fn cell(values: &[u64], hits: &[(SockClass, u64)], acquired: &[(SockClass, u64)]) -> Cell {
         let mut c = Cell {
+            calls: hist(values).count,
             hist: hist(values),
             ..Default::default()
         };
@@ -829,6 +852,7 @@ mod tests {
             "ledger_full",
             "events_dropped",
             "run_table_full",
+            "run_refs_full",
         ] {
             assert!(v["drops"][k].is_number(), "drops.{k}");
         }

@@ -102,11 +102,23 @@ impl Enc {
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The recording's format version: what older files lack is filled in.
+    version: u16,
 }
 
 impl<'a> Dec<'a> {
+    /// A payload of the format version this skprof writes.
+    #[cfg(test)]
     pub fn new(buf: &'a [u8]) -> Self {
-        Dec { buf, pos: 0 }
+        Dec::of_version(buf, super::file::FORMAT_VERSION)
+    }
+
+    pub fn of_version(buf: &'a [u8], version: u16) -> Self {
+        Dec {
+            buf,
+            pos: 0,
+            version,
+        }
     }
 
     pub fn err<T>(&self, what: impl Into<String>) -> DResult<T> {
@@ -388,6 +400,7 @@ fn enc_counters(e: &mut Enc, c: &Counters) {
     e.var(c.events_dropped);
     e.var(c.run_table_full);
     e.var(c.hists_full);
+    e.var(c.run_refs_full);
 }
 
 fn dec_counters(d: &mut Dec) -> DResult<Counters> {
@@ -402,6 +415,12 @@ fn dec_counters(d: &mut Dec) -> DResult<Counters> {
         events_dropped: d.var("events_dropped")?,
         run_table_full: d.var("run_table_full")?,
         hists_full: d.var("hists_full")?,
+        // Version 1 kept no run-local ledger.
+        run_refs_full: if d.version >= 2 {
+            d.var("run_refs_full")?
+        } else {
+            0
+        },
     })
 }
 
@@ -414,6 +433,7 @@ pub fn enc_snapshot(e: &mut Enc, s: &Snapshot) {
         e.u8(k.outcome.index() as u8);
         e.var(u64::from(k.netns));
         e.var(u64::from(k.ifindex));
+        e.var(c.calls);
         e.hist(&c.hist);
         e.arr(&c.hits);
         e.arr(&c.acquired);
@@ -441,8 +461,16 @@ pub fn dec_snapshot(d: &mut Dec) -> DResult<Snapshot> {
             netns: d.u32("netns")?,
             ifindex: d.u32("ifindex")?,
         };
+        // Version 1 timed every call: its histogram counted them all.
+        let calls = if d.version >= 2 {
+            Some(d.var("calls")?)
+        } else {
+            None
+        };
+        let hist = d.hist()?;
         let cell = Cell {
-            hist: d.hist()?,
+            calls: calls.unwrap_or(hist.count),
+            hist,
             hits: d.arr("hits")?,
             acquired: d.arr("acquired")?,
         };

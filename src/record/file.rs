@@ -19,8 +19,10 @@ use super::codec::{self, Dec, DecodeError, Enc};
 use super::{Frame, Meta};
 
 pub const MAGIC: &[u8; 10] = b"SKPROF\0REC";
-/// The version this skprof writes, and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The version this skprof writes, and the newest it reads. 2: each cell
+/// carries its call count apart from its latency histogram (the probes time
+/// a sample of the calls), and the counters `run_refs_full`.
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: u64 = MAGIC.len() as u64 + 2;
 const FRAME_HEADER_LEN: u64 = 12;
 const FRAME_TRAILER_LEN: u64 = 4;
@@ -347,7 +349,7 @@ impl<R: Read> Reader<R> {
                 ),
             ));
         }
-        let mut d = Dec::new(&raw.payload);
+        let mut d = Dec::of_version(&raw.payload, r.version);
         let meta = codec::dec_meta(&mut d)
             .and_then(|m| d.finish().map(|()| m))
             .map_err(|e| r.decode_error(&raw, e))?;
@@ -448,7 +450,7 @@ impl<R: Read> Reader<R> {
     }
 
     fn decode(&self, raw: &RawFrame) -> Result<Frame, RecordError> {
-        let mut d = Dec::new(&raw.payload);
+        let mut d = Dec::of_version(&raw.payload, self.version);
         let frame = match raw.kind {
             1 => {
                 return Err(self.corrupt(raw.offset, "a second Meta frame".into()));

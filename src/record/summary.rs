@@ -511,6 +511,7 @@ mod tests {
         s.cells.insert(
             key(prog, Helper::TcSkLookupTcp, Outcome::NoSocket),
             Cell {
+                calls: LogHist::from_values(&vec![1000; n as usize]).count,
                 hist: LogHist::from_values(&vec![1000; n as usize]),
                 ..Default::default()
             },

@@ -360,6 +360,7 @@ impl Synth {
             s.cells.insert(
                 c.key,
                 Cell {
+                    calls: c.count,
                     hist: LogHist::from_dense(c.count, c.sum_ns, c.max_ns, c.overflow, &c.dense),
                     hits: c.hits,
                     acquired: c.acquired,

@@ -60,6 +60,7 @@ fn values(n: u64, base: u64, seed: u64) -> Vec<u64> {
 
 fn cell(n: u64, base: u64, seed: u64, hits: &[(SockClass, u64)], acq: &[(SockClass, u64)]) -> Cell {
     let mut c = Cell {
+        calls: LogHist::from_values(&values(n, base, seed)).count,
         hist: LogHist::from_values(&values(n, base, seed)),
         ..Default::default()
     };

@@ -710,8 +710,8 @@ impl App {
         if let (Some(before), Some(last)) = (&self.before, &self.last_delta) {
             rate_secs = secs_between(before.mono_ns, cur.mono_ns);
             for (k, c) in &last.cells {
-                *rate.entry(RowKey::of_cell(k, by)).or_default() += c.hist.count;
-                total_last += c.hist.count;
+                *rate.entry(RowKey::of_cell(k, by)).or_default() += c.calls;
+                total_last += c.calls;
             }
         }
         let per_s = |n: u64| {
@@ -815,6 +815,7 @@ impl App {
                 + c.evicted_entry.iter().sum::<u64>()
                 + wdelta.recursion_misses
                 + c.run_table_full
+                + c.run_refs_full
                 + c.events_dropped,
             overflows: c.hists_full
                 + c.ledger_full
@@ -912,7 +913,7 @@ impl App {
         Detail {
             latency_pct: all.hist.percentiles(),
             latency: all.hist,
-            outcomes: std::array::from_fn(|i| by_outcome[i].hist.count),
+            outcomes: std::array::from_fn(|i| by_outcome[i].calls),
             hits_by_class: all.hits,
             acquired: all.acquired.iter().sum(),
             hold,

@@ -204,6 +204,7 @@ pub fn batch(k: u64) -> Batch {
         let n = s.per_s * secs;
         let values: Vec<u64> = (0..n).map(|i| latency(s.center_ns, i)).collect();
         let mut cell = Cell {
+            calls: LogHist::from_values(&values).count,
             hist: LogHist::from_values(&values),
             ..Default::default()
         };

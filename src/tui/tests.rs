@@ -449,6 +449,7 @@ fn freed_slots_leave_the_baseline() {
     for (k, c) in b.snapshot.cells.iter_mut() {
         if k.prog == 2 {
             *c = crate::model::snapshot::Cell {
+                calls: crate::model::hist::LogHist::from_values(&[900; 7]).count,
                 hist: crate::model::hist::LogHist::from_values(&[900; 7]),
                 ..Default::default()
             };

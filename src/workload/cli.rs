@@ -69,7 +69,7 @@ impl WorkloadArgs {
     }
 }
 
-/// Parses "1.5", "250ms", "30s", "2m", "1h".
+/// Parses "1.5", "500ns", "20us", "250ms", "30s", "2m", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -78,11 +78,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
     let secs = match unit {
+        "ns" => v / 1e9,
+        "us" => v / 1e6,
         "ms" => v / 1000.0,
         "s" => v,
         "m" | "min" => v * 60.0,
         "h" => v * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (ns, us, ms, s, m, h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }

@@ -125,43 +125,58 @@ __noinline int run_leak(struct skprof_held *e, __u64 now)
 	return 0;
 }
 
+/*
+ * A run ended holding entries of the held stack: they leave it, and the
+ * refcounted ones are run leaks, all at time `now`. A global function: the
+ * verifier checks its loops once, not on every path of prog_exit.
+ */
+__noinline int run_sweep(struct skprof_runs *rs, __u64 run_id, __u64 now)
+{
+	__u32 i, j, n;
+
+	if (!rs)
+		return 0;
+	n = rs->nr_held;
+	if (n > SKPROF_HELD)
+		n = SKPROF_HELD;
+	for (i = 0; i < SKPROF_HELD; i++) {
+		j = SKPROF_HELD - 1 - i;
+		if (j >= n || !rs->held[j].sk || rs->held[j].run_id != run_id)
+			continue;
+		if (rs->held[j].flags & SKPROF_RF_REFCOUNTED) {
+			struct skprof_held e = rs->held[j];
+
+			run_leak(&e, now);
+		}
+		rs->held[j].sk = 0;
+	}
+	held_trim(rs, n);
+	return 0;
+}
+
 SEC("fexit/skprof_target")
 int BPF_PROG(prog_exit, __u64 pctx)
 {
 	struct skprof_runs *rs = get_runs();
 	struct skprof_run *r;
-	__u32 i, j, n;
 	__u64 now = 0;
 	int k;
 
 	if (!rs)
 		return 0;
-	k = find_run(rs, pctx, prog_slot);
+	k = find_run(rs, pctx, prog_slot, true);
 	if (k < 0 || k >= SKPROF_RUN_SLOTS)
 		return 0;
 	r = &rs->r[k];
 	/* The verifier's promise: nothing the run looked up is still held.
-	 * Its entries leave the held stack; refcounted ones are run leaks. */
+	 * Its entries leave the held stack; refcounted ones are run leaks.
+	 * (Entries are normally all released: the verifier makes a program
+	 * release every lookup's result, listeners and UDP sockets too.) One
+	 * time for all of the run's leaks and its end record, so a replay
+	 * can tell them apart from the lookups' times. */
 	if (r->nr_held) {
-		n = rs->nr_held;
-		if (n > SKPROF_HELD)
-			n = SKPROF_HELD;
-		for (i = 0; i < SKPROF_HELD; i++) {
-			j = SKPROF_HELD - 1 - i;
-			if (j >= n || !rs->held[j].sk || rs->held[j].run_id != r->run_id)
-				continue;
-			if (rs->held[j].flags & SKPROF_RF_REFCOUNTED) {
-				struct skprof_held e = rs->held[j];
-
-				/* One time for all of the run's leaks and its
-				 * end record, so a replay can tell it. */
-				if (!now)
-					now = bpf_ktime_get_ns();
-				run_leak(&e, now);
-			}
-			rs->held[j].sk = 0;
-		}
-		held_trim(rs, n);
+		now = bpf_ktime_get_ns();
+		run_sweep(rs, r->run_id, now);
 	}
 	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, now);
 	r->nr_held = 0;

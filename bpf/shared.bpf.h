@@ -73,21 +73,12 @@ static __always_inline struct skprof_runs *get_runs(void)
 	return bpf_map_lookup_elem(&runs, &zero);
 }
 
-/* The index of the newest run in flight on this CPU with this ctx (and,
- * unless `slot` is 0, of that program slot), or -1. The helper probes do
- * not know the program (slot 0); a program's own exit probe does. */
-static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slot)
+/* find_run's search of every slot. */
+static __always_inline int scan_runs(struct skprof_runs *rs, __u64 ctx, __u32 slot)
 {
 	int i, found = -1;
 	__u64 best = 0;
 
-	if (!ctx)
-		return -1;
-	/* The run claimed last is the newest, and the one running unless a
-	 * nested run has come and gone: one compare in the common case. */
-	i = rs->last & (SKPROF_RUN_SLOTS - 1);
-	if (rs->r[i].ctx == ctx && (!slot || rs->r[i].prog_slot == slot))
-		return i;
 	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
 		struct skprof_run *r = &rs->r[i];
 
@@ -97,6 +88,42 @@ static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slo
 		}
 	}
 	return found;
+}
+
+/*
+ * scan_runs as a global function: the verifier checks it once, on its own,
+ * instead of following each outcome of the unrolled loop through the rest
+ * of every caller (which made each helper's exit probe take seconds to
+ * load under TCG). `ctx` must be a plain number: a global function takes
+ * no typed pointer.
+ */
+__noinline int find_run_scan(struct skprof_runs *rs, __u64 ctx, __u32 slot)
+{
+	if (!rs)
+		return -1;
+	return scan_runs(rs, ctx, slot);
+}
+
+/* The index of the newest run in flight on this CPU with this ctx (and,
+ * unless `slot` is 0, of that program slot), or -1. The helper probes do
+ * not know the program (slot 0); a program's own exit probe does, and
+ * its ctx is typed (the traced program's ctx pointer: `typed_ctx`), so it
+ * searches inline. */
+static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slot,
+				    bool typed_ctx)
+{
+	int i;
+
+	if (!ctx)
+		return -1;
+	/* The run claimed last is the newest, and the one running unless a
+	 * nested run has come and gone: one compare in the common case. */
+	i = rs->last & (SKPROF_RUN_SLOTS - 1);
+	if (rs->r[i].ctx == ctx && (!slot || rs->r[i].prog_slot == slot))
+		return i;
+	if (typed_ctx)
+		return scan_runs(rs, ctx, slot);
+	return find_run_scan(rs, ctx, slot);
 }
 
 /*
@@ -160,6 +187,22 @@ static __always_inline bool held_take(struct skprof_runs *rs, __u64 sk, struct s
 
 	if (n > SKPROF_HELD)
 		n = SKPROF_HELD;
+	if (!n)
+		return false;
+	/* The common case: a lookup released before the next one, the top
+	 * entry. No search, and no trim unless a hole lies under it. */
+	j = (n - 1) & (SKPROF_HELD - 1);
+	if (rs->held[j].sk == sk) {
+		*out = rs->held[j];
+		rs->held[j].sk = 0;
+		rs->nr_held = j;
+		if (j && !rs->held[(j - 1) & (SKPROF_HELD - 1)].sk)
+			held_trim(rs, j);
+		run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
+		if (run->run_id == out->run_id && run->nr_held)
+			run->nr_held--;
+		return true;
+	}
 	for (i = 0; i < SKPROF_HELD; i++) {
 		j = SKPROF_HELD - 1 - i;
 		if (j >= n || rs->held[j].sk != sk)

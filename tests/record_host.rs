@@ -117,6 +117,7 @@ fn readings(n: u64, slow: u64) -> Vec<Interval> {
             };
             if i > 0 {
                 let mut tc = Cell {
+                    calls: lat(200 * i, 2000 * slow).count,
                     hist: lat(200 * i, 2000 * slow),
                     ..Default::default()
                 };
@@ -127,6 +128,7 @@ fn readings(n: u64, slow: u64) -> Vec<Interval> {
                 s.cells.insert(
                     key(2, Helper::XdpSkLookupUdp, Outcome::NoSocket),
                     Cell {
+                        calls: lat(40 * i, 700).count,
                         hist: lat(40 * i, 700),
                         ..Default::default()
                     },
@@ -134,6 +136,7 @@ fn readings(n: u64, slow: u64) -> Vec<Interval> {
                 s.cells.insert(
                     key(0, Helper::SkLookupTcp, Outcome::BadLen),
                     Cell {
+                        calls: lat(9 * i, 300).count,
                         hist: lat(9 * i, 300),
                         ..Default::default()
                     },

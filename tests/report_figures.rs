@@ -118,6 +118,7 @@ fn readings(n: u64) -> Vec<Interval> {
         };
         for (k, v) in &cells {
             let mut c = Cell {
+                calls: LogHist::from_values(v).count,
                 hist: LogHist::from_values(v),
                 ..Default::default()
             };

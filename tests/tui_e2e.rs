@@ -443,6 +443,7 @@ fn write_recording(path: &Path) {
         for s in &SERIES {
             let n = s.per_s * t;
             let mut cell = Cell {
+                calls: LogHist::from_values(&values(s, n)).count,
                 hist: LogHist::from_values(&values(s, n)),
                 ..Default::default()
             };

@@ -40,6 +40,7 @@ fn check(kernel: &str) {
         "aggregation",
         "ledger",
         "attribution",
+        "time_all",
         "places",
         "stack_attribution",
         "kprobe",
@@ -82,14 +83,25 @@ fn check(kernel: &str) {
         );
         // Attribution by tracing is measured against the floor with the
         // program pair, the others against the helpers' floor.
-        let floor = if r["config"] == "attribution" || r["config"] == "places" {
-            "floor_prog"
-        } else {
-            "floor"
-        };
+        let floor =
+            if ["attribution", "time_all", "places"].contains(&r["config"].as_str().unwrap()) {
+                "floor_prog"
+            } else {
+                "floor"
+            };
         assert_eq!(r["floor"], floor, "{kernel}: {r}");
     }
     assert!(v["spread"].as_array().unwrap().is_empty(), "one pass");
+    // The summary: a row per tracer and case, of its one pass.
+    let su = v["summary"].as_array().unwrap();
+    assert_eq!(su.len(), rs.len(), "{kernel}");
+    assert!(su.iter().all(|s| s["passes"] == 1), "{kernel}");
+    assert!(
+        v["latency_sample"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("auto") && s.contains("50 us")),
+        "{kernel}: {v}"
+    );
     // TCG has no PMU: said in one line, no counts.
     assert_eq!(v["hardware_counters"], false, "{kernel}");
     assert!(v["hardware_counters_note"]
@@ -114,6 +126,42 @@ fn check(kernel: &str) {
     assert_eq!(ms.len(), 1, "{kernel}: {v}");
     assert_eq!(ms[0]["config"], "none");
     assert!(v["ratios"].as_array().unwrap().is_empty());
+
+    // Two passes of the default against its floor: each pass attaches
+    // afresh, and the spread between them and the median are reported.
+    let v = bench(
+        kernel,
+        &[
+            "--passes",
+            "2",
+            "--configs",
+            "floor-prog,attribution",
+            "--cases",
+            "tcp/established",
+        ],
+    );
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(
+        ms.len(),
+        2 * 3,
+        "{kernel}: none, floor_prog, attribution x 2"
+    );
+    let su = v["summary"].as_array().unwrap();
+    let attr = su
+        .iter()
+        .find(|s| s["config"] == "attribution")
+        .unwrap_or_else(|| panic!("{kernel}: {v}"));
+    assert_eq!(
+        (attr["passes"].as_u64(), attr["floor"].as_str()),
+        (Some(2), Some("floor_prog"))
+    );
+    let sp = v["spread"].as_array().unwrap();
+    assert!(
+        sp.iter().any(|s| s["config"] == "attribution"),
+        "{kernel}: {v}"
+    );
+    // For the CI log: the figures of this run (not judged here).
+    eprintln!("{kernel}: default mode {attr}; spread {sp:?}");
 }
 
 #[test]

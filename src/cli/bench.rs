@@ -37,9 +37,10 @@ pub struct BenchArgs {
     /// shown.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
-    /// Times to go through every configuration; with 2 or more, how much
-    /// each ratio to the floor varied between passes is shown.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    /// Times to go through every configuration, each attached afresh; with
+    /// 2 or more, how much each ratio to the floor varied between passes,
+    /// and the median over passes (the figure to quote), are shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub passes: u32,
     /// Workload cases to time (tc family).
     #[arg(long, value_delimiter = ',', default_values_t = ["tcp/established".to_string(), "tcp/listener".to_string(), "udp/bound".to_string(), "tcp/no_socket".to_string()])]

@@ -52,13 +52,18 @@ int BPF_PROG(prog_entry, __u64 pctx)
 
 	if (!rs)
 		return 0;
+	/* Run ids: this CPU's number in the top 16 bits, a count below. */
+	if (!rs->seq)
+		rs->seq = (__u64)bpf_get_smp_processor_id() << 48;
 	for (i = 0; i < SKPROF_RUN_SLOTS; i++) {
 		r = &rs->r[i];
-		/* Claim atomically: a softirq run may interrupt a
-		 * process-context (sock_addr) run on this CPU. */
-		if (r->ctx == 0 && __sync_val_compare_and_swap(&r->ctx, 0, pctx) == 0) {
-			r->run_id = ((__u64)bpf_get_smp_processor_id() << 48) |
-				    (++rs->seq & 0xffffffffffffULL);
+		/* No atomic claim needed: only a run nested on this CPU (a
+		 * softirq interrupting a process-context sock_addr run) can
+		 * come between the test and the store, and it ends, freeing
+		 * what it claimed, before this run goes on. */
+		if (r->ctx == 0) {
+			r->ctx = pctx;
+			r->run_id = ++rs->seq;
 			r->prog_slot = prog_slot;
 			r->prog_id = prog_id;
 			r->nr_held = 0;

@@ -67,7 +67,8 @@ struct probe_cpu {
 	__u64 rng;	/* xorshift64 state; 0 until first used */
 	__u64 seq;	/* claims made */
 	__u32 busy;	/* slots in use: 0 lets an exit skip the search */
-	__u32 pad;
+	__u32 cpu1;	/* this CPU's number + 1; 0 until first used (a helper
+			 * call per lookup on 6.1, which does not inline it) */
 };
 
 /* key: 0; value: this CPU's calls between entry and exit, and samplers */
@@ -743,7 +744,9 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 		__u32 idx = who.prog_slot < SKPROF_MAX_PROGS ? who.prog_slot : 0;
 		struct skprof_calls *n;
 
-		idx = (bpf_get_smp_processor_id() * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS +
+		if (!f->cpu1)
+			f->cpu1 = bpf_get_smp_processor_id() + 1;
+		idx = ((f->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS +
 		      helper;
 		n = bpf_map_lookup_elem(&calls, &idx);
 		if (n) {

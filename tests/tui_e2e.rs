@@ -226,10 +226,14 @@ fn live_top(kernel: &str) {
         )
     });
     // A whole frame (the serial line may be caught mid-draw): every traced
-    // helper's row (all 12 on 6.1 and 6.12) and the footer.
+    // helper's row (all 12 on 6.1 and 6.12, each once: a torn frame shows
+    // rows of the previous one beside the new) and the footer.
     let whole = |s: &str| {
+        let rows = table_rows(s);
+        let names: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
         s.contains("workload running")
-            && table_rows(s).len() == 12
+            && rows.len() == 12
+            && names.len() == 12
             && s.lines().any(|l| l.starts_with("q quit"))
     };
     let first = t.wait_for("the live dashboard", Duration::from_secs(240), |s| {

@@ -175,6 +175,29 @@ static __always_inline void held_trim(struct skprof_runs *rs, __u32 n)
 }
 
 /*
+ * Takes entry `j` of `n` off the held stack into `out`. The top entry is
+ * never a hole (held_trim keeps it so), so only taking the top entry needs
+ * a trim, and only when a hole lies under it.
+ */
+static __always_inline void held_remove(struct skprof_runs *rs, __u32 j, __u32 n,
+					struct skprof_held *out)
+{
+	struct skprof_run *run;
+
+	j &= SKPROF_HELD - 1;
+	*out = rs->held[j];
+	rs->held[j].sk = 0;
+	if (j + 1 == n) {
+		rs->nr_held = j;
+		if (j && !rs->held[(j - 1) & (SKPROF_HELD - 1)].sk)
+			held_trim(rs, j);
+	}
+	run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
+	if (run->run_id == out->run_id && run->nr_held)
+		run->nr_held--;
+}
+
+/*
  * A release of `sk`: the newest entry for it on this CPU's held stack (runs
  * nest: last in, first out), taken out into `out`. False if none. Searched
  * from the top down with a constant index in each unrolled step, so the
@@ -182,7 +205,6 @@ static __always_inline void held_trim(struct skprof_runs *rs, __u32 n)
  */
 static __always_inline bool held_take(struct skprof_runs *rs, __u64 sk, struct skprof_held *out)
 {
-	struct skprof_run *run;
 	__u32 n = rs->nr_held, i, j;
 
 	if (n > SKPROF_HELD)
@@ -190,29 +212,17 @@ static __always_inline bool held_take(struct skprof_runs *rs, __u64 sk, struct s
 	if (!n)
 		return false;
 	/* The common case: a lookup released before the next one, the top
-	 * entry. No search, and no trim unless a hole lies under it. */
+	 * entry, without a search. */
 	j = (n - 1) & (SKPROF_HELD - 1);
 	if (rs->held[j].sk == sk) {
-		*out = rs->held[j];
-		rs->held[j].sk = 0;
-		rs->nr_held = j;
-		if (j && !rs->held[(j - 1) & (SKPROF_HELD - 1)].sk)
-			held_trim(rs, j);
-		run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
-		if (run->run_id == out->run_id && run->nr_held)
-			run->nr_held--;
+		held_remove(rs, j, n, out);
 		return true;
 	}
 	for (i = 0; i < SKPROF_HELD; i++) {
 		j = SKPROF_HELD - 1 - i;
 		if (j >= n || rs->held[j].sk != sk)
 			continue;
-		*out = rs->held[j];
-		rs->held[j].sk = 0;
-		held_trim(rs, n);
-		run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
-		if (run->run_id == out->run_id && run->nr_held)
-			run->nr_held--;
+		held_remove(rs, j, n, out);
 		return true;
 	}
 	return false;

@@ -237,7 +237,7 @@ struct skprof_held {
 /* Per-CPU value of the `runs` map (one entry). */
 struct skprof_runs {
 	struct skprof_run r[SKPROF_RUN_SLOTS];
-	__u64 seq;
+	__u64 seq;		/* last run id: CPU << 48 | runs claimed */
 	__u32 nr_held;		/* entries of `held` in use, oldest first */
 	__u32 last;		/* the run claimed last: searched first */
 	struct skprof_held held[SKPROF_HELD];

@@ -244,7 +244,7 @@ impl Shared {
 pub struct RunTable {
     pub cpus: usize,
     /// Traced program runs recorded since the probes were loaded (the sum
-    /// of the per-CPU sequence numbers).
+    /// of the per-CPU counts: the low 48 bits of each CPU's last run id).
     pub runs_started: u64,
     /// Runs whose exit has not been seen: running now, or stale (an exit
     /// the trampoline skipped).
@@ -300,7 +300,9 @@ fn parse_runs(cpu: usize, b: &[u8], t: &mut RunTable) -> Result<()> {
             nr_held: u32_at(b, r + offset_of!(types::skprof_run, nr_held))?,
         });
     }
-    t.runs_started += u64_at(b, offset_of!(types::skprof_runs, seq))?;
+    // The CPU's number is in the top 16 bits (the last run id), the count
+    // below.
+    t.runs_started += u64_at(b, offset_of!(types::skprof_runs, seq))? & ((1 << 48) - 1);
     Ok(())
 }
 
@@ -361,7 +363,7 @@ mod tests {
         );
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_slot), 2);
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_id), 77);
-        put64(&mut b, offset_of!(types::skprof_runs, seq), 5);
+        put64(&mut b, offset_of!(types::skprof_runs, seq), (1 << 48) | 5);
         let mut t = RunTable::default();
         parse_runs(1, &b, &mut t).unwrap();
         parse_runs(0, &vec![0u8; size], &mut t).unwrap();

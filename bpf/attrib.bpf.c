@@ -45,7 +45,6 @@ const volatile struct attrib_prog_ref attrib_prog_ref_layout = {};
 SEC("fentry/skprof_target")
 int BPF_PROG(prog_entry, __u64 pctx)
 {
-	struct skprof_counters *c;
 	struct skprof_runs *rs = get_runs();
 	struct skprof_run *r;
 	int i;
@@ -72,9 +71,7 @@ int BPF_PROG(prog_entry, __u64 pctx)
 			return 0;
 		}
 	}
-	c = get_counters();
-	if (c)
-		c->run_table_full++;
+	rs->counters.run_table_full++;
 	return 0;
 }
 

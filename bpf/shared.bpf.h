@@ -17,16 +17,8 @@
 #define TUPLE_V4_LEN 12 /* sizeof(((struct bpf_sock_tuple *)0)->ipv4) */
 #define TUPLE_V6_LEN 36 /* sizeof(((struct bpf_sock_tuple *)0)->ipv6) */
 
-/* key: 0; value: reference and health counters */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct skprof_counters);
-} counters SEC(".maps");
-
 /* key: 0; value: this CPU's traced program runs in flight, each with the
- * sockets it holds (the run-local ledger) */
+ * sockets it holds (the run-local ledger), and its counters */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -59,18 +51,18 @@ struct {
 	__type(value, struct skprof_ref);
 } ref_scratch SEC(".maps");
 
-static __always_inline struct skprof_counters *get_counters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&counters, &zero);
-}
-
 static __always_inline struct skprof_runs *get_runs(void)
 {
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&runs, &zero);
+}
+
+static __always_inline struct skprof_counters *get_counters(void)
+{
+	struct skprof_runs *rs = get_runs();
+
+	return rs ? &rs->counters : NULL;
 }
 
 /* find_run's search of every slot. */
@@ -174,6 +166,16 @@ static __always_inline void held_trim(struct skprof_runs *rs, __u32 n)
 	rs->nr_held = n;
 }
 
+/* held_trim as a global function, out of the callers' hot paths (a hole
+ * under the top entry is rare) and checked once by the verifier. */
+__noinline int held_trim_fn(struct skprof_runs *rs, __u32 n)
+{
+	if (!rs)
+		return 0;
+	held_trim(rs, n);
+	return 0;
+}
+
 /*
  * Takes entry `j` of `n` off the held stack into `out`. The top entry is
  * never a hole (held_trim keeps it so), so only taking the top entry needs
@@ -190,7 +192,7 @@ static __always_inline void held_remove(struct skprof_runs *rs, __u32 j, __u32 n
 	if (j + 1 == n) {
 		rs->nr_held = j;
 		if (j && !rs->held[(j - 1) & (SKPROF_HELD - 1)].sk)
-			held_trim(rs, j);
+			held_trim_fn(rs, j);
 	}
 	run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
 	if (run->run_id == out->run_id && run->nr_held)

@@ -66,9 +66,8 @@ struct probe_cpu {
 	struct sampler sm[SKPROF_NR_HELPERS];
 	__u64 rng;	/* xorshift64 state; 0 until first used */
 	__u64 seq;	/* claims made */
-	__u32 busy;	/* slots in use: 0 lets an exit skip the search */
-	__u32 cpu1;	/* this CPU's number + 1; 0 until first used (a helper
-			 * call per lookup on 6.1, which does not inline it) */
+	/* (how many slots are in use, and this CPU's number: in struct
+	 * skprof_runs, which the exit's common path looks up anyway) */
 };
 
 /* key: 0; value: this CPU's calls between entry and exit, and samplers */
@@ -345,6 +344,9 @@ static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id
  */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
+/* Words of the one probe read of a socket where loads need it (6.1). */
+#define SOCK_READ_WORDS 16
+
 /* What the probes need to know of a socket. */
 struct sock_view {
 	__u8 state;		/* skc_state */
@@ -380,13 +382,35 @@ static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_vie
 			v->proto = s->sk_protocol;
 		return;
 	}
-	/* 6.1: one probe read per field. */
-	v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
+	/*
+	 * 6.1: probe reads, each a helper call (under TCG each costs about
+	 * what the rest of the exit probe does). One read covers both fields:
+	 * from skc_state's 8-byte word through skc_flags (88 bytes on 6.1,
+	 * which copy_from_kernel_nofault copies 8 at a time), all inside
+	 * sock_common, which request and TIME_WAIT sockets start with too.
+	 */
+	__u32 st = bpf_core_field_offset(struct sock_common, skc_state);
+	__u32 fl = bpf_core_field_offset(struct sock_common, skc_flags);
+	__u32 lo = st & ~7U;
+	__u64 buf[SOCK_READ_WORDS];
+
+	if (fl > lo && !(fl & 7) && fl + 8 - lo <= sizeof(buf)) {
+		if (bpf_probe_read_kernel(buf, fl + 8 - lo, (void *)(sk + lo)))
+			__builtin_memset(buf, 0, sizeof(buf));
+		/* Shifted out of its word, not loaded by byte: clang would
+		 * build the byte's address with an OR, which the verifier
+		 * refuses on a pointer. */
+		v->state = (__u8)(buf[0] >> ((st & 7) * 8));
+		flags = buf[((fl - lo) / 8) & (SOCK_READ_WORDS - 1)];
+	} else {
+		/* A layout where they lie further apart: one read each. */
+		v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
+		flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
+	}
 	if (v->state == TCP_TIME_WAIT || v->state == TCP_NEW_SYN_RECV) {
 		v->refcounted = true;
 		return;
 	}
-	flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
 	v->refcounted = !(flags & (1UL << rcu_free));
 	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
 	 * bitfield read handles both. */
@@ -590,6 +614,7 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 {
 	struct inflight_slot *slot = NULL, *oldest = NULL;
 	struct skprof_counters *c;
+	struct skprof_runs *rs;
 	struct caller who = {};
 	struct probe_cpu *f;
 	struct sampler *sm;
@@ -621,7 +646,9 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 			oldest = s;
 	}
 	if (slot) {
-		__sync_fetch_and_add(&f->busy, 1);
+		rs = get_runs();
+		if (rs)
+			__sync_fetch_and_add(&rs->inflight, 1);
 	} else {
 		/* Every slot is held by a call whose exit never came (e.g. a
 		 * recursion-missed fexit): reuse the oldest, and say so. */
@@ -654,6 +681,130 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 	slot->ts = timed ? bpf_ktime_get_ns() : 0;
 }
 
+/* Counts a call not grouped by place in the directly indexed calls array. */
+static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, __u32 helper,
+				       __u32 outcome, __u64 ret, __u32 cls, bool refcounted)
+{
+	__u32 idx = prog_slot < SKPROF_MAX_PROGS ? prog_slot : 0;
+	struct skprof_calls *n;
+
+	if (!rs->cpu1)
+		rs->cpu1 = bpf_get_smp_processor_id() + 1;
+	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS + helper;
+	n = bpf_map_lookup_elem(&calls, &idx);
+	if (!n)
+		return;
+	if (outcome < SKPROF_NR_OUTCOMES)
+		n->outcomes[outcome]++;
+	if (ret) {
+		n->hits[cls]++;
+		if (refcounted)
+			n->acquired[cls]++;
+	}
+}
+
+/*
+ * A lookup returned `ret` (the ledger is on): the reference goes on the held
+ * stack of the caller's run, else (an untraced caller, or the stack full)
+ * into the global ledger when it is refcounted. `now`: the lookup's return
+ * time when timed, else 0; `tuple`, `len`: the lookup's tuple argument.
+ */
+static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, __u64 now,
+				    __u32 helper, __u32 cls, struct sock_view *v, __u64 tuple,
+				    __u32 len)
+{
+	__u32 tf = v->refcounted ? SKPROF_TF_REFCOUNTED : 0;
+	struct skprof_counters *c;
+	bool recorded = false;
+	__s32 stack_id = -1;
+
+	if (ledger_stacks && v->refcounted)
+		stack_id = bpf_get_stackid(tctx, &stacks, 0);
+	/* The reference's time is the lookup's return, as the trace reports
+	 * it; an untimed lookup on the held stack reads no clock (0). */
+	if (who->run >= 0 && who->rs)
+		recorded = held_push(who->rs, who->run, ret, now, helper, cls, v->refcounted,
+				     stack_id);
+	if (now)
+		tf |= SKPROF_TF_TIMED;
+	if (!recorded && v->refcounted) {
+		if (!now)
+			now = bpf_ktime_get_ns();
+		struct ledger_holder w = {
+			.acquired_ns = now,
+			.run_id = who->run_id,
+			.tuple = tuple,
+			.len = len,
+			.prog_slot = who->prog_slot,
+			.prog_id = who->prog_id,
+			.stack_id = stack_id,
+			.helper = helper,
+			.sock_class = cls,
+			.state = v->state,
+		};
+
+		if (who->run >= 0) {
+			c = get_counters();
+			if (c)
+				c->run_refs_full++;
+		}
+		recorded = ledger_hold(ret, &w);
+	}
+	if (recorded)
+		tf |= SKPROF_TF_RECORDED;
+	trace_ledger(SKPROF_EV_ACQUIRE, ret, who->run_id, who->prog_slot, helper, cls, tf, now);
+}
+
+/*
+ * The fexit probe's common case, in as few instructions as it can be done
+ * (what a probe runs beyond the empty trampoline pair is skprof's whole
+ * cost): an untimed call (nothing in flight on this CPU, so no entry to
+ * find and no clock to read), not grouped by place, with no stacks, from
+ * the run in the run table's last slot or, without attribution, from any
+ * caller. False, having changed nothing, when the call is not that case:
+ * on_exit then handles it.
+ */
+static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
+{
+	struct caller who = { .run = -1 };
+	struct sock_view v = {};
+	struct skprof_runs *rs;
+	struct skprof_run *r;
+	__u32 outcome, cls = 0;
+	__u64 pctx = ctx[0];
+	int k;
+
+	if (places_on || ledger_stacks || helper >= SKPROF_NR_HELPERS)
+		return false;
+	rs = get_runs();
+	if (!rs || rs->inflight)
+		return false;
+	if (runs_in_use) {
+		who.rs = rs;
+		k = rs->last & (SKPROF_RUN_SLOTS - 1);
+		r = &rs->r[k];
+		if (r->ctx != pctx)
+			return false;
+		who.run = k;
+		who.run_id = r->run_id;
+		who.prog_slot = r->prog_slot;
+		who.prog_id = r->prog_id;
+	} else if (jit_in_use) {
+		return false;
+	}
+	if (ret) {
+		outcome = SKPROF_O_HIT;
+		read_sock(ret, false, &v);
+		cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
+	} else {
+		outcome = miss_reason(helper, ctx[2], ctx[3], ctx[4]);
+	}
+	count_call(rs, who.prog_slot, helper, outcome, ret, cls, v.refcounted);
+	if (ret && ledger_on)
+		acquire(ctx, &who, ret, 0, helper, cls, &v, ctx[1], (__u32)ctx[2]);
+	return true;
+}
+
 /* A helper's exit; `args` as for on_entry (fentry only), `ret` the socket
  * found or 0. */
 static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64 *args,
@@ -665,20 +816,22 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 	struct skprof_hist *h = NULL;
 	struct caller who = {};
 	struct sock_view v = {};
+	struct skprof_runs *rs;
 	struct probe_cpu *f;
 	__u64 now = 0, ts = 0, k1, k2, pctx, tuple;
 	__u32 zero = 0, outcome, cls = 0;
 	int i;
 
 	f = bpf_map_lookup_elem(&inflight, &zero);
-	if (!f || helper >= SKPROF_NR_HELPERS)
+	rs = get_runs();
+	if (!f || !rs || helper >= SKPROF_NR_HELPERS)
 		return;
 	k1 = kprobe ? bpf_get_current_pid_tgid() : args[0];
 	k2 = kprobe ? 0 : args[1];
 	/* The most recent entry with our key: in kprobe mode the same task can
 	 * have nested calls (a softirq lookup on top of a sock_addr one). With
 	 * nothing in flight (fentry mode, an untimed call) no search. */
-	if (f->busy) {
+	if (rs->inflight) {
 		i = inflight_find(f, k1, k2, helper);
 		if (i >= 0 && i < SKPROF_INFLIGHT)
 			match = &f->s[i];
@@ -741,74 +894,55 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 			}
 		}
 	} else {
-		__u32 idx = who.prog_slot < SKPROF_MAX_PROGS ? who.prog_slot : 0;
-		struct skprof_calls *n;
-
-		if (!f->cpu1)
-			f->cpu1 = bpf_get_smp_processor_id() + 1;
-		idx = ((f->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS +
-		      helper;
-		n = bpf_map_lookup_elem(&calls, &idx);
-		if (n) {
-			if (outcome < SKPROF_NR_OUTCOMES)
-				n->outcomes[outcome]++;
-			if (ret) {
-				n->hits[cls]++;
-				if (v.refcounted)
-					n->acquired[cls]++;
-			}
-		}
+		count_call(rs, who.prog_slot, helper, outcome, ret, cls, v.refcounted);
 	}
-	if (ret && ledger_on) {
-		__u32 tf = v.refcounted ? SKPROF_TF_REFCOUNTED : 0;
-		bool recorded = false;
-		__s32 stack_id = -1;
-
-		if (ledger_stacks && v.refcounted)
-			stack_id = bpf_get_stackid(tctx, &stacks, 0);
-		/* The reference's time is the lookup's return, as the trace
-		 * reports it; an untimed lookup on the held stack reads no
-		 * clock (0). */
-		if (who.run >= 0 && who.rs)
-			recorded = held_push(who.rs, who.run, ret, now, helper, cls, v.refcounted,
-					     stack_id);
-		if (now)
-			tf |= SKPROF_TF_TIMED;
-		if (!recorded && v.refcounted) {
-			if (!now)
-				now = bpf_ktime_get_ns();
-			struct ledger_holder w = {
-				.acquired_ns = now,
-				.run_id = who.run_id,
-				.tuple = tuple,
-				.len = (__u32)(kprobe ? (match ? match->len : 0) : args[2]),
-				.prog_slot = who.prog_slot,
-				.prog_id = who.prog_id,
-				.stack_id = stack_id,
-				.helper = helper,
-				.sock_class = cls,
-				.state = v.state,
-			};
-
-			if (who.run >= 0) {
-				c = get_counters();
-				if (c)
-					c->run_refs_full++;
-			}
-			recorded = ledger_hold(ret, &w);
-		}
-		if (recorded)
-			tf |= SKPROF_TF_RECORDED;
-		trace_ledger(SKPROF_EV_ACQUIRE, ret, who.run_id, who.prog_slot, helper, cls, tf,
-			     now);
-	}
+	if (ret && ledger_on)
+		acquire(tctx, &who, ret, now, helper, cls, &v, tuple,
+			(__u32)(kprobe ? (match ? match->len : 0) : args[2]));
 	if (ts)
 		sampler_update(f, &f->sm[helper], ts);
 	if (match) {
 		match->ts = 0;
 		match->busy = 0;
-		__sync_fetch_and_sub(&f->busy, 1);
+		__sync_fetch_and_sub(&rs->inflight, 1);
 	}
+}
+
+/*
+ * bpf_sk_release's common case, in as few instructions as it can be done:
+ * the socket is the top entry of this CPU's held stack (a traced run
+ * releases what it looked up before its next lookup) and its lookup was not
+ * timed (no hold time to record). False, having changed nothing, otherwise:
+ * on_release then handles it.
+ */
+static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
+{
+	struct skprof_held *e;
+	struct skprof_run *r;
+	__u32 n, cls;
+
+	if (!ledger_on || ledger_trace || !runs_in_use)
+		return false;
+	n = rs->nr_held - 1;
+	if (n >= SKPROF_HELD)
+		return false;
+	e = &rs->held[n];
+	if (e->sk != sk || e->acquired_ns)
+		return false;
+	cls = e->sock_class < SKPROF_NR_CLASSES ? e->sock_class : SKPROF_C_OTHER;
+	if (e->flags & SKPROF_RF_REFCOUNTED)
+		rs->counters.released[cls]++;
+	else
+		rs->counters.release_noop[cls]++;
+	r = &rs->r[e->run_slot & (SKPROF_RUN_SLOTS - 1)];
+	if (r->run_id == e->run_id && r->nr_held)
+		r->nr_held--;
+	e->sk = 0;
+	rs->nr_held = n;
+	/* The top is never a hole: trim any under the entry taken. */
+	if (n && !rs->held[(n - 1) & (SKPROF_HELD - 1)].sk)
+		held_trim_fn(rs, n);
+	return true;
 }
 
 /*
@@ -819,9 +953,9 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
  */
 static __always_inline void on_release(__u64 sk)
 {
-	struct skprof_counters *c = get_counters();
+	struct skprof_runs *rs = get_runs();
 	struct skprof_holder *hd = NULL;
-	struct skprof_runs *rs;
+	struct skprof_counters *c;
 	struct skprof_held rr;
 	struct skprof_ref *ref;
 	struct skprof_hist *h;
@@ -831,16 +965,18 @@ static __always_inline void on_release(__u64 sk)
 	int i;
 	__u32 cls;
 
-	if (!c)
+	if (!rs)
 		return;
+	c = &rs->counters;
 	if (!sk) {
 		c->release_null++;
 		if (ledger_on)
 			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, 0);
 		return;
 	}
-	rs = ledger_on && runs_in_use ? get_runs() : NULL;
-	if (rs && held_take(rs, sk, &rr)) {
+	if (release_fast(rs, sk))
+		return;
+	if (ledger_on && runs_in_use && held_take(rs, sk, &rr)) {
 		slot = rr.prog_slot;
 		/* Clamped, not checked: every copy clang makes of it is then
 		 * in bounds (the 6.1 verifier does not carry a check's bound
@@ -926,7 +1062,8 @@ int fentry_##fn(__u64 *ctx)						\
 SEC("fexit/" #fn)							\
 int fexit_##fn(__u64 *ctx)						\
 {									\
-	on_exit(ctx, id, false, ctx, ctx[5]);				\
+	if (!fexit_fast(ctx, id, ctx[5]))				\
+		on_exit(ctx, id, false, ctx, ctx[5]);			\
 	return 0;							\
 }									\
 SEC("kprobe/" #fn)							\

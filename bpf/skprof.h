@@ -107,7 +107,7 @@ struct skprof_hist_key {
 				 * sock_addr programs */
 };
 
-/* Reference and health counters; per-CPU map value (one entry). */
+/* Reference and health counters, per CPU (in struct skprof_runs). */
 struct skprof_counters {
 	/* bpf_sk_release() calls that dropped a reference, by class */
 	__u64 released[SKPROF_NR_CLASSES];
@@ -234,13 +234,25 @@ struct skprof_held {
 	__u32 prog_slot;	/* the run's program */
 };
 
-/* Per-CPU value of the `runs` map (one entry). */
+/*
+ * Per-CPU value of the `runs` map (one entry): all the per-CPU state that
+ * more than one probe touches on the common path, in one value, because
+ * before 6.10 every lookup of a per-CPU map is a helper call (the verifier
+ * inlines them since): each probe makes one.
+ */
 struct skprof_runs {
 	struct skprof_run r[SKPROF_RUN_SLOTS];
 	__u64 seq;		/* last run id: CPU << 48 | runs claimed */
 	__u32 nr_held;		/* entries of `held` in use, oldest first */
 	__u32 last;		/* the run claimed last: searched first */
+	__u32 inflight;		/* helper probes: entry records in use on this
+				 * CPU (timed calls; in kprobe mode every call);
+				 * 0 lets an exit skip the search for its own */
+	__u32 cpu1;		/* this CPU's number + 1; 0 until first used (a
+				 * helper call per lookup on 6.1, which does not
+				 * inline bpf_get_smp_processor_id) */
 	struct skprof_held held[SKPROF_HELD];
+	struct skprof_counters counters;
 };
 
 /*

@@ -69,7 +69,6 @@ fn open_object(storage: &mut MaybeUninit<OpenObject>) -> Result<OpenAttribSkel<'
 fn reuse_maps(open: &mut OpenAttribSkel<'_>, maps: SharedMaps<'_>) -> Result<()> {
     let m = &mut open.maps;
     for (name, map, fd) in [
-        ("counters", &mut m.counters, maps.counters),
         ("runs", &mut m.runs, maps.runs),
         ("ledger", &mut m.ledger, maps.ledger),
         ("events", &mut m.events, maps.events),
@@ -144,7 +143,6 @@ pub struct Shared {
     iter: Option<Link>,
     pub iter_error: Option<String>,
     runs: MapHandle,
-    counters: MapHandle,
 }
 
 impl Shared {
@@ -195,7 +193,6 @@ impl Shared {
             iter,
             iter_error: None,
             runs: MapHandle::try_from(&skel.maps.runs).context("duplicate map runs")?,
-            counters: MapHandle::try_from(&skel.maps.counters).context("duplicate map counters")?,
         })
     }
 
@@ -220,11 +217,6 @@ impl Shared {
             .lookup_percpu(&zero, MapFlags::ANY)
             .context("read map runs")?
             .unwrap_or_default();
-        let counters = self
-            .counters
-            .lookup_percpu(&zero, MapFlags::ANY)
-            .context("read map counters")?
-            .unwrap_or_default();
         let mut t = RunTable {
             cpus: runs.len(),
             ..RunTable::default()
@@ -232,8 +224,8 @@ impl Shared {
         for (cpu, bytes) in runs.iter().enumerate() {
             parse_runs(cpu, bytes, &mut t)?;
         }
-        for bytes in &counters {
-            t.run_table_full += u64_at(bytes, offset_of!(types::skprof_counters, run_table_full))?;
+        for bytes in &runs {
+            t.run_table_full += crate::bpf::probes::counters_of(bytes)?.run_table_full;
         }
         Ok(t)
     }

@@ -147,6 +147,14 @@ fn pod_bytes<T: Bytes>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
+/// The counters in one CPU's `struct skprof_runs`.
+pub(crate) fn counters_of(runs: &[u8]) -> Result<types::skprof_counters> {
+    read_pod(
+        runs.get(offset_of!(types::skprof_runs, counters)..)
+            .ok_or_else(|| anyhow!("map runs: value of {} bytes has no counters", runs.len()))?,
+    )
+}
+
 fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T> {
     if bytes.len() < size_of::<T>() {
         bail!(
@@ -163,7 +171,6 @@ fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T> {
 /// File descriptors of the maps in `bpf/shared.bpf.h`.
 #[derive(Debug, Clone, Copy)]
 pub struct SharedMaps<'a> {
-    pub counters: std::os::fd::BorrowedFd<'a>,
     pub runs: std::os::fd::BorrowedFd<'a>,
     pub ledger: std::os::fd::BorrowedFd<'a>,
     pub events: std::os::fd::BorrowedFd<'a>,
@@ -670,7 +677,6 @@ impl Probes {
     /// attribution object's map of the same name before loading it.
     pub fn shared_maps(&self) -> SharedMaps<'_> {
         SharedMaps {
-            counters: self.skel.maps.counters.as_fd(),
             runs: self.skel.maps.runs.as_fd(),
             ledger: self.skel.maps.ledger.as_fd(),
             events: self.skel.maps.events.as_fd(),
@@ -879,16 +885,18 @@ impl Probes {
                 holds.insert(slot, merge_cpus(&per_cpu, &mut dense, |_| {})?);
             }
         }
+        // The counters are part of the per-CPU `runs` value (one lookup
+        // per probe, see struct skprof_runs).
         let per_cpu = self
             .skel
             .maps
-            .counters
+            .runs
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("read map counters")?
+            .context("read map runs")?
             .unwrap_or_default();
         let mut counters = Counters::default();
         for bytes in &per_cpu {
-            let c: types::skprof_counters = read_pod(bytes)?;
+            let c = counters_of(bytes)?;
             counters.merge(&Counters {
                 released: c.released,
                 release_noop: c.release_noop,
@@ -1224,6 +1232,16 @@ mod tests {
             .collect();
         let (t, over) = jit_table(&many);
         assert_eq!((t.len(), over), (JIT_RANGES, 3));
+    }
+
+    #[test]
+    fn counters_are_read_at_their_offset_in_the_runs_value() {
+        let off = offset_of!(types::skprof_runs, counters)
+            + offset_of!(types::skprof_counters, release_null);
+        let mut b = vec![0u8; size_of::<types::skprof_runs>()];
+        b[off..off + 8].copy_from_slice(&7u64.to_ne_bytes());
+        assert_eq!(counters_of(&b).unwrap().release_null, 7);
+        assert!(counters_of(&b[..off]).is_err());
     }
 
     #[test]

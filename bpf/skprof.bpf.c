@@ -766,42 +766,58 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
  */
 static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 {
-	struct caller who = { .run = -1 };
-	struct sock_view v = {};
 	struct skprof_runs *rs;
-	struct skprof_run *r;
-	__u32 outcome, cls = 0;
-	__u64 pctx = ctx[0];
-	int k;
+	struct skprof_run *r = NULL;
+	struct skprof_calls *n;
+	struct sock_view v;
+	__u32 k = 0, slot = 0, idx, cls;
 
-	if (places_on || ledger_stacks || helper >= SKPROF_NR_HELPERS)
+	/* Each a constant of the loaded program: the verifier drops what is
+	 * not taken. */
+	if (places_on || ledger_stacks || ledger_trace || helper >= SKPROF_NR_HELPERS)
 		return false;
 	rs = get_runs();
-	if (!rs || rs->inflight)
+	/* A timed call in flight on this CPU (an entry to find), or its
+	 * first call (the CPU's number not known yet): on_exit. */
+	if (!rs || rs->inflight || !rs->cpu1)
 		return false;
 	if (runs_in_use) {
-		who.rs = rs;
 		k = rs->last & (SKPROF_RUN_SLOTS - 1);
 		r = &rs->r[k];
-		if (r->ctx != pctx)
+		if (r->ctx != ctx[0])
 			return false;
-		who.run = k;
-		who.run_id = r->run_id;
-		who.prog_slot = r->prog_slot;
-		who.prog_id = r->prog_id;
+		slot = r->prog_slot < SKPROF_MAX_PROGS ? r->prog_slot : 0;
 	} else if (jit_in_use) {
 		return false;
 	}
-	if (ret) {
-		outcome = SKPROF_O_HIT;
-		read_sock(ret, false, &v);
-		cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
-	} else {
-		outcome = miss_reason(helper, ctx[2], ctx[3], ctx[4]);
+	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + slot) * SKPROF_NR_HELPERS + helper;
+	n = bpf_map_lookup_elem(&calls, &idx);
+	if (!n)
+		return false;
+	if (!ret) {
+		n->outcomes[miss_reason(helper, ctx[2], ctx[3], ctx[4])]++;
+		return true;
 	}
-	count_call(rs, who.prog_slot, helper, outcome, ret, cls, v.refcounted);
-	if (ret && ledger_on)
-		acquire(ctx, &who, ret, 0, helper, cls, &v, ctx[1], (__u32)ctx[2]);
+	read_sock(ret, false, &v);
+	cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
+	n->outcomes[SKPROF_O_HIT]++;
+	n->hits[cls]++;
+	if (v.refcounted)
+		n->acquired[cls]++;
+	if (!ledger_on)
+		return true;
+	if (r && held_push(rs, k, ret, 0, helper, cls, v.refcounted, -1))
+		return true;
+	/* Untraced caller, or the held stack full: the global ledger. */
+	struct caller who = {
+		.run_id = r ? r->run_id : 0,
+		.prog_slot = slot,
+		.prog_id = r ? r->prog_id : 0,
+		.rs = rs,
+		.run = r ? (int)k : -1,
+	};
+
+	acquire(ctx, &who, ret, 0, helper, cls, &v, ctx[1], (__u32)ctx[2]);
 	return true;
 }
 

@@ -177,26 +177,27 @@ __noinline int held_trim_fn(struct skprof_runs *rs, __u32 n)
 }
 
 /*
- * Takes entry `j` of `n` off the held stack into `out`. The top entry is
- * never a hole (held_trim keeps it so), so only taking the top entry needs
- * a trim, and only when a hole lies under it.
+ * Takes entry `j` of `n` off the held stack; callers read what they need of
+ * it first (a lookup nested on this CPU may reuse the slot right after).
+ * The top entry is never a hole (held_trim keeps it so), so only taking the
+ * top entry needs a trim, and only when a hole lies under it.
  */
-static __always_inline void held_remove(struct skprof_runs *rs, __u32 j, __u32 n,
-					struct skprof_held *out)
+static __always_inline void held_remove(struct skprof_runs *rs, __u32 j, __u32 n)
 {
+	struct skprof_held *e;
 	struct skprof_run *run;
 
 	j &= SKPROF_HELD - 1;
-	*out = rs->held[j];
-	rs->held[j].sk = 0;
+	e = &rs->held[j];
+	run = &rs->r[e->run_slot & (SKPROF_RUN_SLOTS - 1)];
+	if (run->run_id == e->run_id && run->nr_held)
+		run->nr_held--;
+	e->sk = 0;
 	if (j + 1 == n) {
 		rs->nr_held = j;
 		if (j && !rs->held[(j - 1) & (SKPROF_HELD - 1)].sk)
 			held_trim_fn(rs, j);
 	}
-	run = &rs->r[out->run_slot & (SKPROF_RUN_SLOTS - 1)];
-	if (run->run_id == out->run_id && run->nr_held)
-		run->nr_held--;
 }
 
 /*
@@ -217,14 +218,16 @@ static __always_inline bool held_take(struct skprof_runs *rs, __u64 sk, struct s
 	 * entry, without a search. */
 	j = (n - 1) & (SKPROF_HELD - 1);
 	if (rs->held[j].sk == sk) {
-		held_remove(rs, j, n, out);
+		*out = rs->held[j];
+		held_remove(rs, j, n);
 		return true;
 	}
 	for (i = 0; i < SKPROF_HELD; i++) {
 		j = SKPROF_HELD - 1 - i;
 		if (j >= n || rs->held[j].sk != sk)
 			continue;
-		held_remove(rs, j, n, out);
+		*out = rs->held[j];
+		held_remove(rs, j, n);
 		return true;
 	}
 	return false;

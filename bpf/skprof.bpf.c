@@ -681,17 +681,24 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 	slot->ts = timed ? bpf_ktime_get_ns() : 0;
 }
 
-/* Counts a call not grouped by place in the directly indexed calls array. */
-static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, __u32 helper,
-				       __u32 outcome, __u64 ret, __u32 cls, bool refcounted)
+/* This CPU's cell of the calls array for (program slot, helper). */
+static __always_inline struct skprof_calls *calls_cell(struct skprof_runs *rs, __u32 prog_slot,
+						       __u32 helper)
 {
 	__u32 idx = prog_slot < SKPROF_MAX_PROGS ? prog_slot : 0;
-	struct skprof_calls *n;
 
 	if (!rs->cpu1)
 		rs->cpu1 = bpf_get_smp_processor_id() + 1;
 	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS + helper;
-	n = bpf_map_lookup_elem(&calls, &idx);
+	return bpf_map_lookup_elem(&calls, &idx);
+}
+
+/* Counts a call not grouped by place in the directly indexed calls array. */
+static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, __u32 helper,
+				       __u32 outcome, __u64 ret, __u32 cls, bool refcounted)
+{
+	struct skprof_calls *n = calls_cell(rs, prog_slot, helper);
+
 	if (!n)
 		return;
 	if (outcome < SKPROF_NR_OUTCOMES)
@@ -770,28 +777,26 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	struct skprof_run *r = NULL;
 	struct skprof_calls *n;
 	struct sock_view v;
-	__u32 k = 0, slot = 0, idx, cls;
+	__u32 k = 0, slot = 0, cls;
 
 	/* Each a constant of the loaded program: the verifier drops what is
 	 * not taken. */
 	if (places_on || ledger_stacks || ledger_trace || helper >= SKPROF_NR_HELPERS)
 		return false;
 	rs = get_runs();
-	/* A timed call in flight on this CPU (an entry to find), or its
-	 * first call (the CPU's number not known yet): on_exit. */
-	if (!rs || rs->inflight || !rs->cpu1)
+	/* A timed call in flight on this CPU (an entry to find): on_exit. */
+	if (!rs || rs->inflight)
 		return false;
 	if (runs_in_use) {
 		k = rs->last & (SKPROF_RUN_SLOTS - 1);
 		r = &rs->r[k];
 		if (r->ctx != ctx[0])
 			return false;
-		slot = r->prog_slot < SKPROF_MAX_PROGS ? r->prog_slot : 0;
+		slot = r->prog_slot;
 	} else if (jit_in_use) {
 		return false;
 	}
-	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + slot) * SKPROF_NR_HELPERS + helper;
-	n = bpf_map_lookup_elem(&calls, &idx);
+	n = calls_cell(rs, slot, helper);
 	if (!n)
 		return false;
 	if (!ret) {
@@ -934,7 +939,6 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 {
 	struct skprof_held *e;
-	struct skprof_run *r;
 	__u32 n, cls;
 
 	if (!ledger_on || ledger_trace || !runs_in_use)
@@ -950,14 +954,7 @@ static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 		rs->counters.released[cls]++;
 	else
 		rs->counters.release_noop[cls]++;
-	r = &rs->r[e->run_slot & (SKPROF_RUN_SLOTS - 1)];
-	if (r->run_id == e->run_id && r->nr_held)
-		r->nr_held--;
-	e->sk = 0;
-	rs->nr_held = n;
-	/* The top is never a hole: trim any under the entry taken. */
-	if (n && !rs->held[(n - 1) & (SKPROF_HELD - 1)].sk)
-		held_trim_fn(rs, n);
+	held_remove(rs, n, n + 1);
 	return true;
 }
 

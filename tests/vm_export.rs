@@ -447,7 +447,17 @@ fn prometheus_and_dashboards(kernel: &str) {
     let base = tmp_base(kernel);
     let b = base.display();
     let clean = || {
-        for ext in ["out", "err", "done", "load", "loaded", "loadlog"] {
+        // .loaded is written as .loaded.tmp and renamed: the host polls for
+        // it and must never read it half written.
+        for ext in [
+            "out",
+            "err",
+            "done",
+            "load",
+            "loaded",
+            "loaded.tmp",
+            "loadlog",
+        ] {
             let _ = std::fs::remove_file(format!("{b}.{ext}"));
         }
         let _ = std::fs::remove_dir_all(format!("{b}.loaddir"));
@@ -462,7 +472,8 @@ fn prometheus_and_dashboards(kernel: &str) {
          >{b}.out 2>{b}.err &\npid=$!\n\
          i=0; while [ ! -e {b}.load ] && [ $i -lt 3000 ]; do sleep 0.2; i=$((i+1)); done\n\
          SKPROF_LOAD_DIR={b}.loaddir {exe} --exact load_client --ignored --nocapture \
-         --test-threads=1 >{b}.loadlog 2>&1\necho \"load exit $?\" >{b}.loaded\n{}",
+         --test-threads=1 >{b}.loadlog 2>&1\necho \"load exit $?\" >{b}.loaded.tmp\n\
+         mv {b}.loaded.tmp {b}.loaded\n{}",
         stop_and_count(&base),
         exe = std::env::current_exe().unwrap().display()
     );

@@ -693,14 +693,10 @@ static __always_inline struct skprof_calls *calls_cell(struct skprof_runs *rs, _
 	return bpf_map_lookup_elem(&calls, &idx);
 }
 
-/* Counts a call not grouped by place in the directly indexed calls array. */
-static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, __u32 helper,
-				       __u32 outcome, __u64 ret, __u32 cls, bool refcounted)
+/* Counts a call in its calls cell `n`. */
+static __always_inline void count_in(struct skprof_calls *n, __u32 outcome, __u64 ret, __u32 cls,
+				     bool refcounted)
 {
-	struct skprof_calls *n = calls_cell(rs, prog_slot, helper);
-
-	if (!n)
-		return;
 	if (outcome < SKPROF_NR_OUTCOMES)
 		n->outcomes[outcome]++;
 	if (ret) {
@@ -708,6 +704,16 @@ static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, 
 		if (refcounted)
 			n->acquired[cls]++;
 	}
+}
+
+/* Counts a call not grouped by place in the directly indexed calls array. */
+static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, __u32 helper,
+				       __u32 outcome, __u64 ret, __u32 cls, bool refcounted)
+{
+	struct skprof_calls *n = calls_cell(rs, prog_slot, helper);
+
+	if (n)
+		count_in(n, outcome, ret, cls, refcounted);
 }
 
 /*
@@ -721,7 +727,6 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
 				    __u32 len)
 {
 	__u32 tf = v->refcounted ? SKPROF_TF_REFCOUNTED : 0;
-	struct skprof_counters *c;
 	bool recorded = false;
 	__s32 stack_id = -1;
 
@@ -750,11 +755,8 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
 			.state = v->state,
 		};
 
-		if (who->run >= 0) {
-			c = get_counters();
-			if (c)
-				c->run_refs_full++;
-		}
+		if (who->run >= 0 && who->rs)
+			who->rs->counters.run_refs_full++;
 		recorded = ledger_hold(ret, &w);
 	}
 	if (recorded)
@@ -800,15 +802,12 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	if (!n)
 		return false;
 	if (!ret) {
-		n->outcomes[miss_reason(helper, ctx[2], ctx[3], ctx[4])]++;
+		count_in(n, miss_reason(helper, ctx[2], ctx[3], ctx[4]), 0, 0, false);
 		return true;
 	}
 	read_sock(ret, false, &v);
 	cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
-	n->outcomes[SKPROF_O_HIT]++;
-	n->hits[cls]++;
-	if (v.refcounted)
-		n->acquired[cls]++;
+	count_in(n, SKPROF_O_HIT, ret, cls, v.refcounted);
 	if (!ledger_on)
 		return true;
 	if (r && held_push(rs, k, ret, 0, helper, cls, v.refcounted, -1))
@@ -832,7 +831,6 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 				    __u64 ret)
 {
 	struct inflight_slot *match = NULL;
-	struct skprof_counters *c;
 	struct skprof_hist_key key = {};
 	struct skprof_hist *h = NULL;
 	struct caller who = {};
@@ -863,9 +861,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 	}
 	if (kprobe) {
 		if (!match) {
-			c = get_counters();
-			if (c)
-				c->unmatched_exit[helper]++;
+			rs->counters.unmatched_exit[helper]++;
 			return;
 		}
 		pctx = match->pctx;

@@ -344,8 +344,10 @@ static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id
  */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
-/* Words of the one probe read of a socket where loads need it (6.1). */
-#define SOCK_READ_WORDS 16
+/* Words of the one probe read of a socket where loads need it (6.1: 11).
+ * No more than needed: the buffer is on the stack of the exit probe and of
+ * its slow path, whose frames together must fit 512 bytes. */
+#define SOCK_READ_WORDS 12
 
 /* What the probes need to know of a socket. */
 struct sock_view {
@@ -391,7 +393,7 @@ static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_vie
 	 */
 	__u32 st = bpf_core_field_offset(struct sock_common, skc_state);
 	__u32 fl = bpf_core_field_offset(struct sock_common, skc_flags);
-	__u32 lo = st & ~7U;
+	__u32 lo = st & ~7U, w;
 	__u64 buf[SOCK_READ_WORDS];
 
 	if (fl > lo && !(fl & 7) && fl + 8 - lo <= sizeof(buf)) {
@@ -401,7 +403,8 @@ static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_vie
 		 * build the byte's address with an OR, which the verifier
 		 * refuses on a pointer. */
 		v->state = (__u8)(buf[0] >> ((st & 7) * 8));
-		flags = buf[((fl - lo) / 8) & (SOCK_READ_WORDS - 1)];
+		w = (fl - lo) / 8;
+		flags = buf[w < SOCK_READ_WORDS ? w : SOCK_READ_WORDS - 1];
 	} else {
 		/* A layout where they lie further apart: one read each. */
 		v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
@@ -606,33 +609,17 @@ static __always_inline void find_caller(void *tctx, __u64 pctx, struct caller *w
 }
 
 /*
- * A helper's entry. `args` are the helper's five arguments (ctx, tuple,
- * len, netns_id, flags): the fentry program's own context, read only when
- * needed, so an untimed call reads none.
+ * Claims an in-flight slot on this CPU for a call of `helper` (the oldest
+ * slot, counted as evicted, when all are held). NULL only when there is no
+ * slot at all.
  */
-static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u64 *args)
+static __always_inline struct inflight_slot *entry_claim(struct probe_cpu *f, __u32 helper)
 {
 	struct inflight_slot *slot = NULL, *oldest = NULL;
 	struct skprof_counters *c;
 	struct skprof_runs *rs;
-	struct caller who = {};
-	struct probe_cpu *f;
-	struct sampler *sm;
-	__u32 zero = 0;
-	bool timed = true;
 	int i;
 
-	f = bpf_map_lookup_elem(&inflight, &zero);
-	if (!f || helper >= SKPROF_NR_HELPERS)
-		return;
-	sm = &f->sm[helper];
-	if (sm->skip) {
-		sm->skip--;
-		timed = false;
-		/* fentry: the exit sees everything it needs but the time. */
-		if (!kprobe)
-			return;
-	}
 	for (i = 0; i < SKPROF_INFLIGHT; i++) {
 		struct inflight_slot *s = &f->s[i];
 
@@ -653,7 +640,7 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 		/* Every slot is held by a call whose exit never came (e.g. a
 		 * recursion-missed fexit): reuse the oldest, and say so. */
 		if (!oldest)
-			return;
+			return NULL;
 		slot = oldest;
 		c = get_counters();
 		if (c && slot->helper < SKPROF_NR_HELPERS)
@@ -661,22 +648,80 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 	}
 	slot->seq = ++f->seq;
 	slot->helper = helper;
-	if (kprobe) {
-		/* The return probe sees no arguments: keep what it needs. */
-		slot->k1 = bpf_get_current_pid_tgid();
-		slot->k2 = 0;
-		slot->pctx = args[0];
-		slot->tuple = args[1];
-		slot->len = (__u32)args[2];
-		slot->reason = miss_reason(helper, args[2], args[3], args[4]);
-		find_caller(tctx, args[0], &who);
-		slot->prog_slot = who.prog_slot;
-		slot->prog_id = who.prog_id;
-		slot->run_id = who.run_id;
-	} else {
-		slot->k1 = args[0];
-		slot->k2 = args[1];
+	return slot;
+}
+
+/*
+ * A timed call's entry in fentry mode, keyed by the helper's first two
+ * arguments (ctx and tuple pointers).
+ *
+ * Out of line, like the exit's and the release's slow paths (exit_slow,
+ * release_slow): a function not inlined is JITed as an image of its own,
+ * so what nearly every call runs (an untimed entry, fexit_fast,
+ * release_fast) stays a short image instead of the head of a long one
+ * (hot/cold splitting: fewer cache lines and pages touched per call; in
+ * the bench's TCG guests a jump across a page also costs a translation
+ * block lookup).
+ */
+__noinline int entry_timed(struct probe_cpu *f, __u32 helper, __u64 k1, __u64 k2)
+{
+	struct inflight_slot *slot;
+
+	if (!f)
+		return 0;
+	slot = entry_claim(f, helper);
+	if (!slot)
+		return 0;
+	slot->k1 = k1;
+	slot->k2 = k2;
+	/* Last, so the probe's own work stays outside the timed window. */
+	slot->ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+/*
+ * A helper's entry. `args` are the helper's five arguments (ctx, tuple,
+ * len, netns_id, flags): the fentry program's own context, read only when
+ * needed, so an untimed call reads none.
+ */
+static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u64 *args)
+{
+	struct inflight_slot *slot;
+	struct caller who = {};
+	struct probe_cpu *f;
+	struct sampler *sm;
+	__u32 zero = 0;
+	bool timed = true;
+
+	f = bpf_map_lookup_elem(&inflight, &zero);
+	if (!f || helper >= SKPROF_NR_HELPERS)
+		return;
+	sm = &f->sm[helper];
+	if (sm->skip) {
+		sm->skip--;
+		timed = false;
+		/* fentry: the exit sees everything it needs but the time. */
+		if (!kprobe)
+			return;
 	}
+	if (!kprobe) {
+		entry_timed(f, helper, args[0], args[1]);
+		return;
+	}
+	slot = entry_claim(f, helper);
+	if (!slot)
+		return;
+	/* The return probe sees no arguments: keep what it needs. */
+	slot->k1 = bpf_get_current_pid_tgid();
+	slot->k2 = 0;
+	slot->pctx = args[0];
+	slot->tuple = args[1];
+	slot->len = (__u32)args[2];
+	slot->reason = miss_reason(helper, args[2], args[3], args[4]);
+	find_caller(tctx, args[0], &who);
+	slot->prog_slot = who.prog_slot;
+	slot->prog_id = who.prog_id;
+	slot->run_id = who.run_id;
 	/* Last, so the probe's own work stays outside the timed window. */
 	slot->ts = timed ? bpf_ktime_get_ns() : 0;
 }
@@ -930,7 +975,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
  * the socket is the top entry of this CPU's held stack (a traced run
  * releases what it looked up before its next lookup) and its lookup was not
  * timed (no hold time to record). False, having changed nothing, otherwise:
- * on_release then handles it.
+ * release_slow then handles it.
  */
 static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 {
@@ -954,17 +999,12 @@ static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 	return true;
 }
 
-/*
- * bpf_sk_release(sk): count whether it drops a reference, and close the
- * ledger entry. The run tables first: a socket a traced run looked up is
- * there with its class, so the socket is not read. Otherwise read it here,
- * at entry: after the call it may already be freed.
- */
-static __always_inline void on_release(__u64 sk)
+/* bpf_sk_release past its fast path (see release_fast), out of line (see
+ * entry_timed). */
+static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 {
-	struct skprof_runs *rs = get_runs();
+	struct skprof_counters *c = &rs->counters;
 	struct skprof_holder *hd = NULL;
-	struct skprof_counters *c;
 	struct skprof_held rr;
 	struct skprof_ref *ref;
 	struct skprof_hist *h;
@@ -974,17 +1014,6 @@ static __always_inline void on_release(__u64 sk)
 	int i;
 	__u32 cls;
 
-	if (!rs)
-		return;
-	c = &rs->counters;
-	if (!sk) {
-		c->release_null++;
-		if (ledger_on)
-			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, 0);
-		return;
-	}
-	if (release_fast(rs, sk))
-		return;
 	if (ledger_on && runs_in_use && held_take(rs, sk, &rr)) {
 		slot = rr.prog_slot;
 		/* Clamped, not checked: every copy clang makes of it is then
@@ -995,7 +1024,7 @@ static __always_inline void on_release(__u64 sk)
 			c->release_noop[cls]++;
 			trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
 				     SKPROF_TF_MATCHED, 0);
-			return;
+			return 0;
 		}
 		c->released[cls]++;
 		/* Hold time of the references whose lookup was timed. */
@@ -1009,21 +1038,21 @@ static __always_inline void on_release(__u64 sk)
 		}
 		trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
 			     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);
-		return;
+		return 0;
 	}
 	read_sock(sk, true, &v);
 	cls = class_of(v.state, v.proto);
 	if (cls >= SKPROF_NR_CLASSES)
-		return;
+		return 0;
 	if (!v.refcounted) {
 		c->release_noop[cls]++;
 		if (ledger_on)
 			trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, 0, 0);
-		return;
+		return 0;
 	}
 	c->released[cls]++;
 	if (!ledger_on)
-		return;
+		return 0;
 	ref = bpf_map_lookup_elem(&ledger, &sk);
 	if (ref) {
 		/* The most recent acquirer's reference: runs nest (LIFO). */
@@ -1040,7 +1069,7 @@ static __always_inline void on_release(__u64 sk)
 	if (!hd) {
 		c->release_unmatched[cls]++;
 		trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, SKPROF_TF_REFCOUNTED, now);
-		return;
+		return 0;
 	}
 	slot = hd->prog_slot;
 	h = hist_of(&holds, &slot);
@@ -1053,6 +1082,38 @@ static __always_inline void on_release(__u64 sk)
 	/* Last reference of the last holder: the socket leaves the ledger. */
 	if (__sync_fetch_and_add(&hd->count, -1) <= 1 && held <= 1)
 		bpf_map_delete_elem(&ledger, &sk);
+	return 0;
+}
+
+/*
+ * bpf_sk_release(sk): count whether it drops a reference, and close the
+ * ledger entry. The run tables first: a socket a traced run looked up is
+ * there with its class, so the socket is not read. Otherwise read it here,
+ * at entry: after the call it may already be freed.
+ */
+static __always_inline void on_release(__u64 sk)
+{
+	struct skprof_runs *rs = get_runs();
+
+	if (!rs)
+		return;
+	if (!sk) {
+		rs->counters.release_null++;
+		if (ledger_on)
+			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, 0);
+		return;
+	}
+	if (!release_fast(rs, sk))
+		release_slow(rs, sk);
+}
+
+/* An fexit past its fast path (see fexit_fast), out of line (see
+ * entry_timed). Static, not global: it takes the probe's context, which a
+ * global function cannot. */
+static __noinline int exit_slow(__u64 *ctx, __u32 helper)
+{
+	on_exit(ctx, helper, false, ctx, ctx[5]);
+	return 0;
 }
 
 /*
@@ -1072,7 +1133,7 @@ SEC("fexit/" #fn)							\
 int fexit_##fn(__u64 *ctx)						\
 {									\
 	if (!fexit_fast(ctx, id, ctx[5]))				\
-		on_exit(ctx, id, false, ctx, ctx[5]);			\
+		exit_slow(ctx, id);					\
 	return 0;							\
 }									\
 SEC("kprobe/" #fn)							\

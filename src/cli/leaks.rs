@@ -297,8 +297,9 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
 }
 
 /// Drops the innermost frames that are skprof's own: the stack is taken in
-/// the helper's exit probe, so it starts in that probe and its trampoline,
-/// then the helper.
+/// the helper's exit probe, so it starts in that probe (in fentry mode in
+/// its out-of-line slow path, a subprogram of its own, `exit_slow`, see
+/// bpf/skprof.bpf.c) and its trampoline, then the helper.
 fn trim_probe_frames(mut frames: Vec<String>) -> Vec<String> {
     let ours = |f: &str| {
         f.starts_with("bpf_trampoline_")
@@ -308,6 +309,7 @@ fn trim_probe_frames(mut frames: Vec<String>) -> Vec<String> {
                     "_kretprobe_bpf_",
                     "_fentry_bpf_",
                     "_kprobe_bpf_",
+                    "_exit_slow+",
                 ]
                 .iter()
                 .any(|p| f.contains(p)))
@@ -912,13 +914,14 @@ mod tests {
     fn probe_frames_are_trimmed_up_to_the_helper() {
         let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let stack = f(&[
-            "bpf_prog_4fc29c01a4aee229_fexit_bpf_tc_sk_lookup_tcp+0xcdc [bpf]",
+            "bpf_prog_c3859c796672a197_exit_slow+0xaeb [bpf]",
+            "bpf_prog_4fc29c01a4aee229_fexit_bpf_tc_sk_lookup_tcp+0x44 [bpf]",
             "bpf_trampoline_6442544087+0xc4 [bpf]",
             "bpf_tc_sk_lookup_tcp+0x9",
             "bpf_prog_10ac376ec6e46040_wl_tc_lookup+0x1b4 [bpf]",
             "bpf_trampoline_154618822674+0x71 [bpf]",
         ]);
-        assert_eq!(trim_probe_frames(stack.clone()), stack[2..].to_vec());
+        assert_eq!(trim_probe_frames(stack.clone()), stack[3..].to_vec());
         let kprobe = f(&["bpf_tc_sk_lookup_tcp+0x0", "bpf_prog_1_x+0x10 [bpf]"]);
         assert_eq!(trim_probe_frames(kprobe.clone()), kprobe);
     }

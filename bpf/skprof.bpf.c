@@ -469,8 +469,9 @@ static __always_inline struct skprof_jit_range *jit_find(struct skprof_jit_table
 /*
  * The untraced program that called the helper, from the kernel stack: the
  * first frame inside a listed JIT image. In kprobe mode the frame after the
- * helper's own is the caller; under fentry the trampoline's frames come
- * first. The ORC unwinder walks JIT code by frame pointer (the BPF JIT and
+ * helper's own is the caller; under fentry the exit probe's (its slow
+ * path, exit_slow, and the probe) and the trampoline's frames come first:
+ * four of the SKPROF_JIT_FRAMES searched. The ORC unwinder walks JIT code by frame pointer (the BPF JIT and
  * trampolines keep one). Costs a stack walk, so only done when the table
  * lists some program and the call was not attributed by program tracing.
  */
@@ -700,12 +701,11 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 	if (sm->skip) {
 		sm->skip--;
 		timed = false;
-		/* fentry: the exit sees everything it needs but the time. */
-		if (!kprobe)
-			return;
 	}
+	/* fentry: an untimed call's exit sees everything it needs. */
 	if (!kprobe) {
-		entry_timed(f, helper, args[0], args[1]);
+		if (timed)
+			entry_timed(f, helper, args[0], args[1]);
 		return;
 	}
 	slot = entry_claim(f, helper);

@@ -706,7 +706,10 @@ while [ $(date +%s) -lt $end ]; do
   sleep 1
 done
 echo "workloads $n"
-sleep 4
+# Quiet only once the last workload's programs are past --keep-gone (5
+# readings at 1 s) and another reading: the host's next scrape must find
+# none of them (after 4 s it could still see them, by when the host looked).
+sleep 8
 touch {b}.quiet
 {}"#,
         stop_and_count(&base),

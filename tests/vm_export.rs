@@ -675,6 +675,9 @@ fn unit_capabilities() -> String {
     format!("-all,{}", caps.join(","))
 }
 
+/// The soak's `--keep-gone`, in seconds (1 s readings).
+const KEEP_GONE: u64 = 5;
+
 #[test]
 fn soak_6_12() {
     let secs: u64 = std::env::var("SKPROF_SOAK_SECS")
@@ -694,7 +697,7 @@ fn soak_6_12() {
     let script = format!(
         r#"set -u
 setpriv --bounding-set {caps} --inh-caps=-all -- {SKPROF} export --listen 0.0.0.0:{GUEST_PORT} \
-  --allow-remote --interval 1 --keep-gone 5 --log-format json >{b}.out 2>{b}.err &
+  --allow-remote --interval 1 --keep-gone {KEEP_GONE} --log-format json >{b}.out 2>{b}.err &
 pid=$!
 # The host says go once it can scrape: the whole soak is sampled.
 i=0; while [ ! -e {b}.go ] && [ $i -lt 3000 ]; do sleep 0.2; i=$((i+1)); done
@@ -706,14 +709,15 @@ while [ $(date +%s) -lt $end ]; do
   sleep 1
 done
 echo "workloads $n"
-# Quiet only once the last workload's programs are past --keep-gone (5
-# readings at 1 s) and another reading: the host's next scrape must find
-# none of them (after 4 s it could still see them, by when the host looked).
-sleep 8
+# Quiet only once the last workload's programs are past --keep-gone
+# (readings at 1 s) and a few more: the host's next scrape must find none
+# of them (4 s after, with keep-gone 5, it could still see them).
+sleep {quiet_after}
 touch {b}.quiet
 {}"#,
         stop_and_count(&base),
-        caps = unit_capabilities()
+        caps = unit_capabilities(),
+        quiet_after = KEEP_GONE + 3,
     );
     let vm = spawn_vm("6.12", host_port, secs + 400, script);
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -65,7 +65,6 @@ int BPF_PROG(prog_entry, __u64 pctx)
 			r->run_id = ++rs->seq;
 			r->prog_slot = prog_slot;
 			r->prog_id = prog_id;
-			r->nr_held = 0;
 			rs->last = i;
 			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, prog_slot, 0, 0, 0, 0);
 			return 0;
@@ -175,13 +174,16 @@ int BPF_PROG(prog_exit, __u64 pctx)
 	 * (Entries are normally all released: the verifier makes a program
 	 * release every lookup's result, listeners and UDP sockets too.) One
 	 * time for all of the run's leaks and its end record, so a replay
-	 * can tell them apart from the lookups' times. */
-	if (r->nr_held) {
+	 * can tell them apart from the lookups' times. The stack is empty at
+	 * nearly every run's end; entries left may be those of a run this one
+	 * interrupted, which the sweep leaves. (No count per run is kept: it
+	 * cost every lookup and release a load and a store, to spare this
+	 * rare sweep.) */
+	if (rs->nr_held) {
 		now = bpf_ktime_get_ns();
 		run_sweep(rs, r->run_id, now);
 	}
 	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, now);
-	r->nr_held = 0;
 	r->ctx = 0;
 	return 0;
 }

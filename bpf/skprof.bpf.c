@@ -168,6 +168,15 @@ const volatile bool places_on = true;
 /* Whether to record the kernel stack of each acquire: a stack walk per new
  * ledger entry, the costliest part of the ledger, so off unless asked. */
 const volatile bool ledger_stacks = false;
+/*
+ * The tests of the fast paths, each one constant set by user space with
+ * the flags above (a const volatile is a load and a branch per test, on
+ * every call): exit_fast_ok is !places_on && !ledger_stacks &&
+ * !ledger_trace, release_fast_ok is ledger_on && !ledger_trace. False
+ * (their default) sends every call down the slow paths, which handle all.
+ */
+const volatile bool exit_fast_ok = false;
+const volatile bool release_fast_ok = false;
 /* Latency sampling (struct sampler): time one call in sample_every on
  * average; 0: auto, spacing timed calls sample_budget_ns apart per (CPU,
  * helper) on average; 1: time every call. */
@@ -726,16 +735,24 @@ static __always_inline void on_entry(void *tctx, __u32 helper, bool kprobe, __u6
 	slot->ts = timed ? bpf_ktime_get_ns() : 0;
 }
 
+/* This CPU's cell of the calls array for (program slot, helper), once
+ * rs->cpu1 is known. */
+static __always_inline struct skprof_calls *calls_cell_known(struct skprof_runs *rs,
+							     __u32 prog_slot, __u32 helper)
+{
+	__u32 idx = prog_slot < SKPROF_MAX_PROGS ? prog_slot : 0;
+
+	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS + helper;
+	return bpf_map_lookup_elem(&calls, &idx);
+}
+
 /* This CPU's cell of the calls array for (program slot, helper). */
 static __always_inline struct skprof_calls *calls_cell(struct skprof_runs *rs, __u32 prog_slot,
 						       __u32 helper)
 {
-	__u32 idx = prog_slot < SKPROF_MAX_PROGS ? prog_slot : 0;
-
 	if (!rs->cpu1)
 		rs->cpu1 = bpf_get_smp_processor_id() + 1;
-	idx = ((rs->cpu1 - 1) * SKPROF_MAX_PROGS + idx) * SKPROF_NR_HELPERS + helper;
-	return bpf_map_lookup_elem(&calls, &idx);
+	return calls_cell_known(rs, prog_slot, helper);
 }
 
 /* Counts a call in its calls cell `n`. */
@@ -815,8 +832,15 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
  * cost): an untimed call (nothing in flight on this CPU, so no entry to
  * find and no clock to read), not grouped by place, with no stacks, from
  * the run in the run table's last slot or, without attribution, from any
- * caller. False, having changed nothing, when the call is not that case:
- * on_exit then handles it.
+ * caller, and no reference for the global ledger (a hit of an untraced
+ * caller, or with the held stack full). False, having changed nothing,
+ * when the call is not that case: on_exit then handles it.
+ *
+ * It makes no call (on 6.2+, where the socket is read with loads): every
+ * case that needs one is left to on_exit. In a function without calls the
+ * compiler keeps what it needs in the registers a call would clobber,
+ * instead of spilling to the stack (each spill a store and a load more, on
+ * the path nearly every lookup takes).
  */
 static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 {
@@ -826,13 +850,14 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	struct sock_view v;
 	__u32 k = 0, slot = 0, cls;
 
-	/* Each a constant of the loaded program: the verifier drops what is
-	 * not taken. */
-	if (places_on || ledger_stacks || ledger_trace || helper >= SKPROF_NR_HELPERS)
+	/* Not grouped by place, no stacks, no trace (one constant: see
+	 * exit_fast_ok). */
+	if (!exit_fast_ok || helper >= SKPROF_NR_HELPERS)
 		return false;
 	rs = get_runs();
-	/* A timed call in flight on this CPU (an entry to find): on_exit. */
-	if (!rs || rs->inflight)
+	/* A timed call in flight on this CPU (an entry to find), or this
+	 * CPU's number not yet known (calls_cell learns it): on_exit. */
+	if (!rs || rs->inflight || !rs->cpu1)
 		return false;
 	if (runs_in_use) {
 		k = rs->last & (SKPROF_RUN_SLOTS - 1);
@@ -843,7 +868,10 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	} else if (jit_in_use) {
 		return false;
 	}
-	n = calls_cell(rs, slot, helper);
+	/* A hit that goes to the global ledger: on_exit. */
+	if (ret && ledger_on && (!r || rs->nr_held >= SKPROF_HELD))
+		return false;
+	n = calls_cell_known(rs, slot, helper);
 	if (!n)
 		return false;
 	if (!ret) {
@@ -853,20 +881,8 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	read_sock(ret, false, &v);
 	cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
 	count_in(n, SKPROF_O_HIT, ret, cls, v.refcounted);
-	if (!ledger_on)
-		return true;
-	if (r && held_push(rs, k, ret, 0, helper, cls, v.refcounted, -1))
-		return true;
-	/* Untraced caller, or the held stack full: the global ledger. */
-	struct caller who = {
-		.run_id = r ? r->run_id : 0,
-		.prog_slot = slot,
-		.prog_id = r ? r->prog_id : 0,
-		.rs = rs,
-		.run = r ? (int)k : -1,
-	};
-
-	acquire(ctx, &who, ret, 0, helper, cls, &v, ctx[1], (__u32)ctx[2]);
+	if (ledger_on)
+		held_push(rs, k, ret, 0, helper, cls, v.refcounted, -1);
 	return true;
 }
 
@@ -982,7 +998,8 @@ static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 	struct skprof_held *e;
 	__u32 n, cls;
 
-	if (!ledger_on || ledger_trace || !runs_in_use)
+	/* (Not runs_in_use: without traced runs the held stack is empty.) */
+	if (!release_fast_ok)
 		return false;
 	n = rs->nr_held - 1;
 	if (n >= SKPROF_HELD)

@@ -208,8 +208,6 @@ struct skprof_run {
 	__u64 run_id;		/* (cpu << 48) | per-CPU sequence */
 	__u32 prog_slot;
 	__u32 prog_id;
-	__u32 nr_held;		/* entries of `held` that are this run's */
-	__u32 pad;
 };
 
 /*
@@ -226,12 +224,17 @@ struct skprof_held {
 	__u64 sk;
 	__u64 run_id;		/* the run that looked it up */
 	__u64 acquired_ns;	/* return time of the lookup when it was timed, else 0 */
-	__u16 helper;		/* enum skprof_helper */
-	__u8 sock_class;	/* enum skprof_sock_class */
-	__u8 flags;		/* SKPROF_RF_* */
-	__s32 stack_id;		/* --stacks: kernel stack of the lookup, else -1 */
-	__u32 run_slot;		/* index of the run in skprof_runs.r */
+	union {
+		struct {
+			__u16 helper;		/* enum skprof_helper */
+			__u8 sock_class;	/* enum skprof_sock_class */
+			__u8 flags;		/* SKPROF_RF_* */
+			__s32 stack_id;		/* --stacks: kernel stack of the lookup, else -1 */
+		};
+		__u64 meta;	/* the four above, written as one (held_push) */
+	};
 	__u32 prog_slot;	/* the run's program */
+	__u32 pad;
 };
 
 /*

@@ -277,19 +277,34 @@ fn parse_runs(cpu: usize, b: &[u8], t: &mut RunTable) -> Result<()> {
     let base = offset_of!(types::skprof_runs, r);
     let stride = size_of::<types::skprof_run>();
     let n = types::skprof_runs::default().r.len();
+    // The held stack's live entries (sk, run id): a run's count is not
+    // kept in the kernel, so it is counted here.
+    let held_base = offset_of!(types::skprof_runs, held);
+    let held_stride = size_of::<types::skprof_held>();
+    let nr_held = (u32_at(b, offset_of!(types::skprof_runs, nr_held))? as usize)
+        .min(types::skprof_runs::default().held.len());
+    let mut held = Vec::with_capacity(nr_held);
+    for j in 0..nr_held {
+        let e = held_base + j * held_stride;
+        let sk = u64_at(b, e + offset_of!(types::skprof_held, sk))?;
+        if sk != 0 {
+            held.push(u64_at(b, e + offset_of!(types::skprof_held, run_id))?);
+        }
+    }
     for i in 0..n {
         let r = base + i * stride;
         let ctx = u64_at(b, r + offset_of!(types::skprof_run, ctx))?;
         if ctx == 0 {
             continue;
         }
+        let run_id = u64_at(b, r + offset_of!(types::skprof_run, run_id))?;
         t.in_flight.push(InFlightRun {
             cpu,
             ctx,
-            run_id: u64_at(b, r + offset_of!(types::skprof_run, run_id))?,
+            run_id,
             prog_slot: u32_at(b, r + offset_of!(types::skprof_run, prog_slot))?,
             prog_id: u32_at(b, r + offset_of!(types::skprof_run, prog_id))?,
-            nr_held: u32_at(b, r + offset_of!(types::skprof_run, nr_held))?,
+            nr_held: held.iter().filter(|&&id| id == run_id).count() as u32,
         });
     }
     // The CPU's number is in the top 16 bits (the last run id), the count
@@ -356,6 +371,26 @@ mod tests {
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_slot), 2);
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_id), 77);
         put64(&mut b, offset_of!(types::skprof_runs, seq), (1 << 48) | 5);
+        // Held: one of run 5's, a hole, one of an interrupted run 4's.
+        let held =
+            |j: usize| offset_of!(types::skprof_runs, held) + j * size_of::<types::skprof_held>();
+        put32(&mut b, offset_of!(types::skprof_runs, nr_held), 3);
+        for (j, sk, run) in [
+            (0, 0xffff_8880_5555_0000u64, 4u64),
+            (2, 0xffff_8880_6666_0000, 5),
+        ] {
+            put64(&mut b, held(j) + offset_of!(types::skprof_held, sk), sk);
+            put64(
+                &mut b,
+                held(j) + offset_of!(types::skprof_held, run_id),
+                (1 << 48) | run,
+            );
+        }
+        put64(
+            &mut b,
+            held(1) + offset_of!(types::skprof_held, run_id),
+            (1 << 48) | 5,
+        );
         let mut t = RunTable::default();
         parse_runs(1, &b, &mut t).unwrap();
         parse_runs(0, &vec![0u8; size], &mut t).unwrap();
@@ -368,7 +403,7 @@ mod tests {
                 run_id: (1 << 48) | 5,
                 prog_slot: 2,
                 prog_id: 77,
-                nr_held: 0,
+                nr_held: 1,
             }]
         );
         assert!(parse_runs(0, &b[..8], &mut t).is_err());

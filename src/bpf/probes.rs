@@ -530,6 +530,10 @@ impl Probes {
             LatencySample::Every(n) => (n, 0),
         };
         rodata.ledger_trace = opts.ledger_trace && opts.ledger;
+        // The fast paths test these instead of the flags they come from
+        // (one load each per call: see the BPF side).
+        rodata.exit_fast_ok = !rodata.places_on && !rodata.ledger_stacks && !rodata.ledger_trace;
+        rodata.release_fast_ok = rodata.ledger_on && !rodata.ledger_trace;
         if rodata.ledger_trace {
             open.maps
                 .events

@@ -12,10 +12,18 @@ const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 fn bench(kernel: &str, extra: &[&str]) -> Value {
+    let short = ["--repeat", "1000", "--runs", "1"];
+    bench_in(&[], kernel, &[&short, extra].concat())
+}
+
+/// `skprof bench --json ARGS` in a guest booted with `vm_flags`.
+fn bench_in(vm_flags: &[&str], kernel: &str, args: &[&str]) -> Value {
     let out = Command::new(SKPROF_VM)
-        .args(["run", "--kernel", kernel, "--timeout", "600", "--", SKPROF])
-        .args(["bench", "--json", "--repeat", "1000", "--runs", "1"])
-        .args(extra)
+        .arg("run")
+        .args(vm_flags)
+        .args(["--kernel", kernel, "--timeout", "600", "--", SKPROF])
+        .args(["bench", "--json"])
+        .args(args)
         .output()
         .expect("run skprof-vm");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -172,4 +180,40 @@ fn bench_6_1() {
 #[test]
 fn bench_6_12() {
     check("6.12");
+}
+
+/// Under `skprof-vm run --icount` the guest's clock counts instructions, so
+/// the bench's figures are instruction counts: the same in every pass to
+/// within what timer ticks and the latency sampler's timed calls add (a
+/// few instructions per run over 10000 runs), whatever the host's load, and
+/// the default executes more than its floor's empty probes.
+#[test]
+fn bench_icount_6_12() {
+    let v = bench_in(
+        &["--icount"],
+        "6.12",
+        &[
+            "--repeat",
+            "10000",
+            "--runs",
+            "3",
+            "--passes",
+            "2",
+            "--configs",
+            "floor-prog,attribution",
+            "--cases",
+            "tcp/established,tcp/no_socket",
+        ],
+    );
+    let sp = v["spread"].as_array().unwrap();
+    assert_eq!(sp.len(), 2, "{v}");
+    for s in sp {
+        let pct = s["spread_pct"].as_f64().unwrap();
+        assert!(pct < 2.0, "ratio moved {pct}% between passes: {s}");
+    }
+    for s in v["summary"].as_array().unwrap() {
+        let x = s["x_floor"].as_f64().unwrap();
+        assert!(x > 1.0 && x < 5.0, "{s}");
+    }
+    eprintln!("6.12 under --icount: {}", v["summary"]);
 }

@@ -70,6 +70,14 @@ struct RunArgs {
     /// Forward 127.0.0.1:HOST to the guest's port GUEST (TCP), HOST:GUEST.
     #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
     forwards: Vec<(u16, u16)>,
+    /// Count the guest's time in instructions (qemu -icount): 1 ns per
+    /// instruction executed, idle time skipped. Timings in the guest (e.g.
+    /// `skprof bench`) become exact, repeatable instruction counts, whatever
+    /// the host's load; they weigh every instruction alike, so they are not
+    /// times. Guest sleeps end at once. A 6.1 guest stops while bringing up
+    /// its second CPU under it (its clock stops): use --cpus 1 there.
+    #[arg(long)]
+    icount: bool,
     /// Print boot and total times to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -127,6 +135,7 @@ fn run(args: RunArgs) -> Result<u8> {
     cfg.cpus = args.cpus;
     cfg.timeout = Duration::from_secs(args.timeout);
     cfg.forwards = args.forwards;
+    cfg.icount = args.icount;
     let output = if args.console {
         Output::Console
     } else {

@@ -68,6 +68,8 @@ pub struct QemuSpec<'a> {
     /// belongs to the guest's job).
     pub stdio_no_signal: bool,
     pub forwards: &'a [(u16, u16)],
+    /// Virtual time counted in instructions (see `qemu_args`).
+    pub icount: bool,
 }
 
 /// Escape a value for qemu's `key=value,...` option syntax.
@@ -85,6 +87,14 @@ fn opt_escape(s: &str) -> String {
 ///   devices are the ones below.
 /// - ttyS0 (the kernel console) goes to a file we read for diagnosis; ttyS1
 ///   (console mode only) carries the job's output to our stdout.
+/// - With `icount`, `-icount shift=0,sleep=off`: the guest's clock advances
+///   1 ns per instruction executed, and jumps over idle time. Timing in
+///   the guest then counts instructions, exactly and the same on every run
+///   whatever the host is doing (an emulated instruction counter where the
+///   VM has no PMU); it weighs every instruction alike, so it is not time.
+///   Needs single-threaded TCG, which we use anyway. Debian's 6.1 kernel
+///   stops bringing up a second CPU under it (its clock stops at
+///   "smp: Bringing up secondary CPUs"; 6.12 boots): one CPU there.
 pub fn qemu_args(q: &QemuSpec) -> Vec<String> {
     let mem = format!("{}M", q.mem_mib);
     let mut a: Vec<String> = [
@@ -105,6 +115,9 @@ pub fn qemu_args(q: &QemuSpec) -> Vec<String> {
         a.push(v);
     };
     push("-smp", q.cpus.to_string());
+    if q.icount {
+        push("-icount", "shift=0,sleep=off".into());
+    }
     push("-m", mem.clone());
     push(
         "-object",
@@ -328,6 +341,7 @@ mod tests {
             job_stdio: job,
             stdio_no_signal: false,
             forwards: fwd,
+            icount: false,
         }
     }
 
@@ -355,6 +369,7 @@ mod tests {
         );
         assert!(after(&a, "-initrd").is_empty());
         assert!(after(&a, "-netdev").is_empty());
+        assert!(after(&a, "-icount").is_empty());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 init=/tmp/x/init"]);
         assert!(a.contains(&"-nodefaults".to_string()));
         assert!(a.contains(&"-no-reboot".to_string()));
@@ -381,6 +396,16 @@ mod tests {
             ]
         );
         assert!(after(&a, "-chardev").contains(&"stdio,id=job,signal=on"));
+    }
+
+    #[test]
+    fn qemu_args_icount() {
+        let a = qemu_args(&QemuSpec {
+            icount: true,
+            ..spec(&[], None, false)
+        });
+        assert_eq!(after(&a, "-icount"), ["shift=0,sleep=off"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=single"]);
     }
 
     #[test]

@@ -108,6 +108,10 @@ pub struct VmConfig {
     /// host side listens on 127.0.0.1 only. Non-empty adds a virtio-net NIC
     /// that the guest configures as 10.0.2.15/24 (gateway 10.0.2.2).
     pub forwards: Vec<(u16, u16)>,
+    /// Count virtual time in instructions (qemu `-icount`; see
+    /// `host::qemu_args`): for deterministic benchmarks, not for tests
+    /// that wait on real time.
+    pub icount: bool,
 }
 
 impl VmConfig {
@@ -119,6 +123,7 @@ impl VmConfig {
             cpus: DEFAULT_CPUS,
             timeout: DEFAULT_TIMEOUT,
             forwards: Vec::new(),
+            icount: false,
         }
     }
 }
@@ -481,6 +486,7 @@ pub fn run(cfg: &VmConfig, job: &Job) -> Result<VmOutcome> {
         job_stdio: job.output != Output::Capture,
         stdio_no_signal: interactive,
         forwards: &cfg.forwards,
+        icount: cfg.icount,
     };
     let qemu = {
         let mut cmd = Command::new(qemu_binary());

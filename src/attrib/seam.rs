@@ -371,7 +371,8 @@ mod tests {
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_slot), 2);
         put32(&mut b, r3 + offset_of!(types::skprof_run, prog_id), 77);
         put64(&mut b, offset_of!(types::skprof_runs, seq), (1 << 48) | 5);
-        // Held: one of run 5's, a hole, one of an interrupted run 4's.
+        // Held, bottom up: run 4's (the run 5 interrupted), a hole left by
+        // run 5, run 5's.
         let held =
             |j: usize| offset_of!(types::skprof_runs, held) + j * size_of::<types::skprof_held>();
         put32(&mut b, offset_of!(types::skprof_runs, nr_held), 3);

@@ -46,6 +46,9 @@ SEC("fentry/skprof_target")
 int BPF_PROG(prog_entry, __u64 pctx)
 {
 	struct skprof_runs *rs = get_runs();
+	/* Read once: a const volatile is a load each time it is named, even
+	 * as an argument trace_ledger() drops when tracing is off. */
+	__u32 slot = prog_slot;
 	struct skprof_run *r;
 	int i;
 
@@ -63,10 +66,10 @@ int BPF_PROG(prog_entry, __u64 pctx)
 		if (r->ctx == 0) {
 			r->ctx = pctx;
 			r->run_id = ++rs->seq;
-			r->prog_slot = prog_slot;
+			r->prog_slot = slot;
 			r->prog_id = prog_id;
 			rs->last = i;
-			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, prog_slot, 0, 0, 0, 0);
+			trace_ledger(SKPROF_EV_RUN_START, 0, r->run_id, slot, 0, 0, 0, 0);
 			return 0;
 		}
 	}
@@ -159,13 +162,14 @@ SEC("fexit/skprof_target")
 int BPF_PROG(prog_exit, __u64 pctx)
 {
 	struct skprof_runs *rs = get_runs();
+	__u32 slot = prog_slot;	/* read once, as in prog_entry */
 	struct skprof_run *r;
 	__u64 now = 0;
 	int k;
 
 	if (!rs)
 		return 0;
-	k = find_run(rs, pctx, prog_slot, true);
+	k = find_run(rs, pctx, slot, true);
 	if (k < 0 || k >= SKPROF_RUN_SLOTS)
 		return 0;
 	r = &rs->r[k];
@@ -183,7 +187,7 @@ int BPF_PROG(prog_exit, __u64 pctx)
 		now = bpf_ktime_get_ns();
 		run_sweep(rs, r->run_id, now);
 	}
-	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, prog_slot, 0, 0, 0, now);
+	trace_ledger(SKPROF_EV_RUN_END, 0, r->run_id, slot, 0, 0, 0, now);
 	r->ctx = 0;
 	return 0;
 }

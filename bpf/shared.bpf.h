@@ -123,21 +123,18 @@ static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slo
 #endif
 
 /*
- * A lookup of run `k` returned `sk`: this CPU's held stack keeps it until a
- * release takes it back or the run ends. False when the stack is full.
- * Five stores: helper, class, flags and stack id go in as one word (meta),
- * as on every traced hit this is most of what the ledger costs.
+ * A lookup of `run` returned `sk`: it goes on this CPU's held stack as entry
+ * `n` (the stack's top; the caller checked n < SKPROF_HELD), where a release
+ * takes it back or the run's end finds it. Five stores: helper, class,
+ * flags and stack id go in as one word (meta), as on every traced hit this
+ * is most of what the ledger costs.
  */
-static __always_inline bool held_push(struct skprof_runs *rs, int k, __u64 sk, __u64 acquired_ns,
-				      __u32 helper, __u32 cls, bool refcounted, __s32 stack_id)
+static __always_inline void held_put(struct skprof_runs *rs, __u32 n, struct skprof_run *run,
+				     __u64 sk, __u64 acquired_ns, __u32 helper, __u32 cls,
+				     bool refcounted, __s32 stack_id)
 {
-	struct skprof_run *run = &rs->r[k & (SKPROF_RUN_SLOTS - 1)];
-	struct skprof_held *e;
-	__u32 n = rs->nr_held;
+	struct skprof_held *e = &rs->held[n & (SKPROF_HELD - 1)];
 
-	if (n >= SKPROF_HELD)
-		return false;
-	e = &rs->held[n];
 	e->sk = sk;
 	e->run_id = run->run_id;
 	e->acquired_ns = acquired_ns;
@@ -146,6 +143,18 @@ static __always_inline bool held_push(struct skprof_runs *rs, int k, __u64 sk, _
 		  (__u64)(__u32)stack_id << 32;
 	e->prog_slot = run->prog_slot;
 	rs->nr_held = n + 1;
+}
+
+/* held_put for run `k` of the run table; false when the stack is full. */
+static __always_inline bool held_push(struct skprof_runs *rs, int k, __u64 sk, __u64 acquired_ns,
+				      __u32 helper, __u32 cls, bool refcounted, __s32 stack_id)
+{
+	__u32 n = rs->nr_held;
+
+	if (n >= SKPROF_HELD)
+		return false;
+	held_put(rs, n, &rs->r[k & (SKPROF_RUN_SLOTS - 1)], sk, acquired_ns, helper, cls,
+		 refcounted, stack_id);
 	return true;
 }
 

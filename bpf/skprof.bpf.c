@@ -362,35 +362,54 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 struct sock_view {
 	__u8 state;		/* skc_state */
 	bool refcounted;	/* bpf_sk_release() of it drops a reference */
-	__u16 proto;		/* sk_protocol of a full socket, when asked */
+	__u8 cls;		/* enum skprof_sock_class */
 };
 
+/* The class of a full socket (not TIME_WAIT or request) of protocol
+ * `proto`. */
+static __always_inline __u8 full_class(__u8 state, __u16 proto)
+{
+	if (proto == IPPROTO_UDP)
+		return SKPROF_C_UDP;
+	if (proto != IPPROTO_TCP)
+		return SKPROF_C_OTHER;
+	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
+}
+
 /*
- * Reads a socket: its state and whether bpf_sk_release() of it drops a
+ * Reads a socket: its state, whether bpf_sk_release() of it drops a
  * reference (the kernel's sk_is_refcounted(): !sk_fullsock(sk) ||
- * !sock_flag(sk, SOCK_RCU_FREE)), and with `want_proto` its protocol.
+ * !sock_flag(sk, SOCK_RCU_FREE)), and its class. `proto`: the protocol of
+ * a full socket when the caller knows it (a lookup helper's own: the TCP
+ * helpers search only TCP tables, the UDP ones UDP's), 0 to read it. The
+ * class is decided here, along with the state tests the reference rule
+ * needs anyway, so each test is made once (as separate steps, clang made
+ * the TIME_WAIT and request tests twice on the exit's short path).
  * skc_flags shares a union with skc_listener / skc_tw_dr, so it is read
  * only for full sockets; SOCK_RCU_FREE moved (24 on 5.4, 23 on 6.12): CO-RE
  * enum value.
  */
-static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_view *v)
+static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v)
 {
 	__u32 rcu_free = bpf_core_enum_value(enum sock_flags, SOCK_RCU_FREE);
 	unsigned long flags;
 
-	v->proto = 0;
 	if (bpf_ksym_exists(bpf_rdonly_cast)) {
 		struct sock *s = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct sock));
 
 		v->state = s->__sk_common.skc_state;
-		if (v->state == TCP_TIME_WAIT || v->state == TCP_NEW_SYN_RECV) {
-			v->refcounted = true;
+		v->refcounted = true;
+		if (v->state == TCP_TIME_WAIT) {
+			v->cls = SKPROF_C_TIME_WAIT;
+			return;
+		}
+		if (v->state == TCP_NEW_SYN_RECV) {
+			v->cls = SKPROF_C_REQUEST;
 			return;
 		}
 		flags = s->__sk_common.skc_flags;
 		v->refcounted = !(flags & (1UL << rcu_free));
-		if (want_proto)
-			v->proto = s->sk_protocol;
+		v->cls = full_class(v->state, proto ? proto : s->sk_protocol);
 		return;
 	}
 	/*
@@ -419,36 +438,33 @@ static __always_inline void read_sock(__u64 sk, bool want_proto, struct sock_vie
 		v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
 		flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
 	}
-	if (v->state == TCP_TIME_WAIT || v->state == TCP_NEW_SYN_RECV) {
-		v->refcounted = true;
+	v->refcounted = true;
+	if (v->state == TCP_TIME_WAIT) {
+		v->cls = SKPROF_C_TIME_WAIT;
+		return;
+	}
+	if (v->state == TCP_NEW_SYN_RECV) {
+		v->cls = SKPROF_C_REQUEST;
 		return;
 	}
 	v->refcounted = !(flags & (1UL << rcu_free));
 	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
 	 * bitfield read handles both. */
-	if (want_proto)
-		v->proto = BPF_CORE_READ_BITFIELD_PROBED((struct sock *)sk, sk_protocol);
-}
-
-/* The class of a socket; `proto` of a full socket (a lookup helper's own
- * protocol: the TCP helpers search only TCP tables, the UDP ones UDP's). */
-static __always_inline __u32 class_of(__u8 state, __u16 proto)
-{
-	if (state == TCP_TIME_WAIT)
-		return SKPROF_C_TIME_WAIT;
-	if (state == TCP_NEW_SYN_RECV)
-		return SKPROF_C_REQUEST;
-	if (proto == IPPROTO_UDP)
-		return SKPROF_C_UDP;
-	if (proto != IPPROTO_TCP)
-		return SKPROF_C_OTHER;
-	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
+	if (!proto)
+		proto = BPF_CORE_READ_BITFIELD_PROBED((struct sock *)sk, sk_protocol);
+	v->cls = full_class(v->state, proto);
 }
 
 static __always_inline bool is_udp(__u32 helper)
 {
 	return helper == SKPROF_H_SK_LOOKUP_UDP || helper == SKPROF_H_TC_SK_LOOKUP_UDP ||
 	       helper == SKPROF_H_XDP_SK_LOOKUP_UDP || helper == SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP;
+}
+
+/* The protocol of the sockets `helper` finds. */
+static __always_inline __u16 helper_proto(__u32 helper)
+{
+	return is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP;
 }
 
 /* The range of `t` holding `ip`, or NULL: a binary search. */
@@ -848,7 +864,8 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	struct skprof_run *r = NULL;
 	struct skprof_calls *n;
 	struct sock_view v;
-	__u32 k = 0, slot = 0, cls;
+	__u32 slot = 0, held = 0;
+	bool ledger;
 
 	/* Not grouped by place, no stacks, no trace (one constant: see
 	 * exit_fast_ok). */
@@ -860,17 +877,16 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	if (!rs || rs->inflight || !rs->cpu1)
 		return false;
 	if (runs_in_use) {
-		k = rs->last & (SKPROF_RUN_SLOTS - 1);
-		r = &rs->r[k];
+		r = &rs->r[rs->last & (SKPROF_RUN_SLOTS - 1)];
 		if (r->ctx != ctx[0])
 			return false;
 		slot = r->prog_slot;
 	} else if (jit_in_use) {
 		return false;
 	}
-	/* A hit that goes to the global ledger: on_exit. */
-	if (ret && ledger_on && (!r || rs->nr_held >= SKPROF_HELD))
-		return false;
+	/* Looked up before the ledger's tests below: what they compute is
+	 * then not kept across the lookup (to the compiler a helper call,
+	 * which clobbers r1-r5, so it would spill it to the stack). */
 	n = calls_cell_known(rs, slot, helper);
 	if (!n)
 		return false;
@@ -878,11 +894,19 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 		count_in(n, miss_reason(helper, ctx[2], ctx[3], ctx[4]), 0, 0, false);
 		return true;
 	}
-	read_sock(ret, false, &v);
-	cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
-	count_in(n, SKPROF_O_HIT, ret, cls, v.refcounted);
-	if (ledger_on)
-		held_push(rs, k, ret, 0, helper, cls, v.refcounted, -1);
+	/* A hit for the global ledger (an untraced caller's, or with the held
+	 * stack full): on_exit. ledger_on is read once (a const volatile is a
+	 * load each time it is named), and so is the stack's size. */
+	ledger = ledger_on;
+	if (ledger) {
+		held = rs->nr_held;
+		if (!r || held >= SKPROF_HELD)
+			return false;
+	}
+	read_sock(ret, helper_proto(helper), &v);
+	count_in(n, SKPROF_O_HIT, ret, v.cls, v.refcounted);
+	if (ledger && r)
+		held_put(rs, held, r, ret, 0, helper, v.cls, v.refcounted, -1);
 	return true;
 }
 
@@ -947,8 +971,8 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 	}
 
 	if (ret) {
-		read_sock(ret, false, &v);
-		cls = class_of(v.state, is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP);
+		read_sock(ret, helper_proto(helper), &v);
+		cls = v.cls;
 	}
 	/* Count the call: in the hash cell when grouped by place, else in the
 	 * directly indexed array (and the hash cell only when timed). */
@@ -1057,8 +1081,8 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 			     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);
 		return 0;
 	}
-	read_sock(sk, true, &v);
-	cls = class_of(v.state, v.proto);
+	read_sock(sk, 0, &v);
+	cls = v.cls;
 	if (cls >= SKPROF_NR_CLASSES)
 		return 0;
 	if (!v.refcounted) {

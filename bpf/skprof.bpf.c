@@ -353,11 +353,6 @@ static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id
  */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
-/* Words of the one probe read of a socket where loads need it (6.1: 11).
- * No more than needed: the buffer is on the stack of the exit probe and of
- * its slow path, whose frames together must fit 512 bytes. */
-#define SOCK_READ_WORDS 12
-
 /* What the probes need to know of a socket. */
 struct sock_view {
 	__u8 state;		/* skc_state */
@@ -413,31 +408,13 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 		return;
 	}
 	/*
-	 * 6.1: probe reads, each a helper call (under TCG each costs about
-	 * what the rest of the exit probe does). One read covers both fields:
-	 * from skc_state's 8-byte word through skc_flags (88 bytes on 6.1,
-	 * which copy_from_kernel_nofault copies 8 at a time), all inside
-	 * sock_common, which request and TIME_WAIT sockets start with too.
+	 * 6.1: probe reads, each a helper call. Two small ones: the state
+	 * byte, and the flags word only for a full socket. (One read from
+	 * the state's word through the flags, 88 bytes on 6.1, saved a call
+	 * but cost more instructions: copy_from_kernel_nofault copies it 8
+	 * bytes at a time.)
 	 */
-	__u32 st = bpf_core_field_offset(struct sock_common, skc_state);
-	__u32 fl = bpf_core_field_offset(struct sock_common, skc_flags);
-	__u32 lo = st & ~7U, w;
-	__u64 buf[SOCK_READ_WORDS];
-
-	if (fl > lo && !(fl & 7) && fl + 8 - lo <= sizeof(buf)) {
-		if (bpf_probe_read_kernel(buf, fl + 8 - lo, (void *)(sk + lo)))
-			__builtin_memset(buf, 0, sizeof(buf));
-		/* Shifted out of its word, not loaded by byte: clang would
-		 * build the byte's address with an OR, which the verifier
-		 * refuses on a pointer. */
-		v->state = (__u8)(buf[0] >> ((st & 7) * 8));
-		w = (fl - lo) / 8;
-		flags = buf[w < SOCK_READ_WORDS ? w : SOCK_READ_WORDS - 1];
-	} else {
-		/* A layout where they lie further apart: one read each. */
-		v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
-		flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
-	}
+	v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
 	v->refcounted = true;
 	if (v->state == TCP_TIME_WAIT) {
 		v->cls = SKPROF_C_TIME_WAIT;
@@ -447,6 +424,7 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 		v->cls = SKPROF_C_REQUEST;
 		return;
 	}
+	flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
 	v->refcounted = !(flags & (1UL << rcu_free));
 	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed
 	 * bitfield read handles both. */

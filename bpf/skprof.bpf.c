@@ -371,6 +371,22 @@ static __always_inline __u8 full_class(__u8 state, __u16 proto)
 	return state == TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
 }
 
+/* TIME_WAIT and request sockets are not full sockets, and a release of one
+ * always drops a reference: true (class set) if `v->state` is one. */
+static __always_inline bool mini_sock(struct sock_view *v)
+{
+	v->refcounted = true;
+	if (v->state == TCP_TIME_WAIT) {
+		v->cls = SKPROF_C_TIME_WAIT;
+		return true;
+	}
+	if (v->state == TCP_NEW_SYN_RECV) {
+		v->cls = SKPROF_C_REQUEST;
+		return true;
+	}
+	return false;
+}
+
 /*
  * Reads a socket: its state, whether bpf_sk_release() of it drops a
  * reference (the kernel's sk_is_refcounted(): !sk_fullsock(sk) ||
@@ -393,15 +409,8 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 		struct sock *s = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct sock));
 
 		v->state = s->__sk_common.skc_state;
-		v->refcounted = true;
-		if (v->state == TCP_TIME_WAIT) {
-			v->cls = SKPROF_C_TIME_WAIT;
+		if (mini_sock(v))
 			return;
-		}
-		if (v->state == TCP_NEW_SYN_RECV) {
-			v->cls = SKPROF_C_REQUEST;
-			return;
-		}
 		flags = s->__sk_common.skc_flags;
 		v->refcounted = !(flags & (1UL << rcu_free));
 		v->cls = full_class(v->state, proto ? proto : s->sk_protocol);
@@ -415,15 +424,8 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 	 * bytes at a time.)
 	 */
 	v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
-	v->refcounted = true;
-	if (v->state == TCP_TIME_WAIT) {
-		v->cls = SKPROF_C_TIME_WAIT;
+	if (mini_sock(v))
 		return;
-	}
-	if (v->state == TCP_NEW_SYN_RECV) {
-		v->cls = SKPROF_C_REQUEST;
-		return;
-	}
 	flags = BPF_CORE_READ((struct sock_common *)sk, skc_flags);
 	v->refcounted = !(flags & (1UL << rcu_free));
 	/* sk_protocol is a u16 since 5.6, a bitfield before: the probed

@@ -119,7 +119,7 @@ static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slo
 }
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "held_push packs skprof_held.meta for a little-endian target"
+#error "held_put packs skprof_held.meta for a little-endian target"
 #endif
 
 /*

@@ -435,16 +435,13 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 	v->cls = full_class(v->state, proto);
 }
 
-static __always_inline bool is_udp(__u32 helper)
-{
-	return helper == SKPROF_H_SK_LOOKUP_UDP || helper == SKPROF_H_TC_SK_LOOKUP_UDP ||
-	       helper == SKPROF_H_XDP_SK_LOOKUP_UDP || helper == SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP;
-}
-
 /* The protocol of the sockets `helper` finds. */
 static __always_inline __u16 helper_proto(__u32 helper)
 {
-	return is_udp(helper) ? IPPROTO_UDP : IPPROTO_TCP;
+	if (helper == SKPROF_H_SK_LOOKUP_UDP || helper == SKPROF_H_TC_SK_LOOKUP_UDP ||
+	    helper == SKPROF_H_XDP_SK_LOOKUP_UDP || helper == SKPROF_H_SOCK_ADDR_SK_LOOKUP_UDP)
+		return IPPROTO_UDP;
+	return IPPROTO_TCP;
 }
 
 /* The range of `t` holding `ip`, or NULL: a binary search. */

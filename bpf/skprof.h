@@ -231,7 +231,7 @@ struct skprof_held {
 			__u8 flags;		/* SKPROF_RF_* */
 			__s32 stack_id;		/* --stacks: kernel stack of the lookup, else -1 */
 		};
-		__u64 meta;	/* the four above, written as one (held_push) */
+		__u64 meta;	/* the four above, written as one (held_put) */
 	};
 	__u32 prog_slot;	/* the run's program */
 	__u32 pad;

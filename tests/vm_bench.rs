@@ -187,11 +187,10 @@ fn bench_6_12() {
 /// within what timer ticks and the latency sampler's timed calls add (a
 /// few instructions per run over 10000 runs), whatever the host's load, and
 /// the default executes more than its floor's empty probes.
-#[test]
-fn bench_icount_6_12() {
+fn check_icount(kernel: &str, vm_flags: &[&str]) {
     let v = bench_in(
-        &["--icount"],
-        "6.12",
+        vm_flags,
+        kernel,
         &[
             "--repeat",
             "10000",
@@ -206,14 +205,28 @@ fn bench_icount_6_12() {
         ],
     );
     let sp = v["spread"].as_array().unwrap();
-    assert_eq!(sp.len(), 2, "{v}");
+    assert_eq!(sp.len(), 2, "{kernel}: {v}");
     for s in sp {
         let pct = s["spread_pct"].as_f64().unwrap();
-        assert!(pct < 2.0, "ratio moved {pct}% between passes: {s}");
+        assert!(
+            pct < 2.0,
+            "{kernel}: ratio moved {pct}% between passes: {s}"
+        );
     }
     for s in v["summary"].as_array().unwrap() {
         let x = s["x_floor"].as_f64().unwrap();
-        assert!(x > 1.0 && x < 5.0, "{s}");
+        assert!(x > 1.0 && x < 5.0, "{kernel}: {s}");
     }
-    eprintln!("6.12 under --icount: {}", v["summary"]);
+    eprintln!("{kernel} under --icount: {}", v["summary"]);
+}
+
+#[test]
+fn bench_icount_6_12() {
+    check_icount("6.12", &["--icount"]);
+}
+
+/// 6.1 stops its second CPU's clock under --icount: one CPU.
+#[test]
+fn bench_icount_6_1() {
+    check_icount("6.1", &["--icount", "--cpus", "1"]);
 }

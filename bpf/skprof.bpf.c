@@ -353,6 +353,10 @@ static __always_inline __u32 miss_reason(__u32 helper, __u64 len, __u64 netns_id
  */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
+/* sock_view.state of a socket whose state read_sock() did not read (the
+ * kernel's socket states start at 1, TCP_ESTABLISHED). */
+#define SOCK_STATE_UNREAD 0
+
 /* What the probes need to know of a socket. */
 struct sock_view {
 	__u8 state;		/* skc_state */
@@ -422,7 +426,21 @@ static __always_inline void read_sock(__u64 sk, __u16 proto, struct sock_view *v
 	 * the state's word through the flags, 88 bytes on 6.1, saved a call
 	 * but cost more instructions: copy_from_kernel_nofault copies it 8
 	 * bytes at a time.)
+	 *
+	 * A UDP lookup finds only full UDP sockets (the UDP tables hold no
+	 * mini sockets), so its class is known without the state, and only
+	 * the flags are read: one call instead of two. The state is left
+	 * unread (0, no socket state), for acquire() to read if the
+	 * reference goes into the global ledger, whose entries show it (rare:
+	 * hashed UDP sockets are SOCK_RCU_FREE and take no reference).
 	 */
+	if (proto == IPPROTO_UDP) {
+		v->state = SOCK_STATE_UNREAD;
+		v->refcounted = !(BPF_CORE_READ((struct sock_common *)sk, skc_flags) &
+				  (1UL << rcu_free));
+		v->cls = SKPROF_C_UDP;
+		return;
+	}
 	v->state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
 	if (mini_sock(v))
 		return;
@@ -807,7 +825,9 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
 			.stack_id = stack_id,
 			.helper = helper,
 			.sock_class = cls,
-			.state = v->state,
+			.state = v->state != SOCK_STATE_UNREAD ?
+					 v->state :
+					 BPF_CORE_READ((struct sock_common *)ret, skc_state),
 		};
 
 		if (who->run >= 0 && who->rs)

@@ -169,6 +169,19 @@ fn injected(kernel: &str) {
             "{kernel}: the tc program took them: {g}"
         );
         assert!(u(&g["prog_id"]) > 0);
+        // Each socket's class and a real state (an unread one shows as
+        // UNKNOWN). Hashed UDP sockets are SOCK_RCU_FREE, so UDP hits take
+        // no reference and every group here is a TCP lookup's.
+        let helper = g["helper"].as_str().unwrap();
+        for s in g["states"].as_array().unwrap() {
+            let s = s.as_str().unwrap();
+            assert!(!s.contains("UNKNOWN"), "{kernel}: {helper}: {s}");
+            assert_eq!(
+                helper.contains("udp"),
+                s.starts_with("udp "),
+                "{kernel}: {helper}: {s}"
+            );
+        }
         // --stacks: the symbolized stack starts at the helper (skprof's own
         // probe frames trimmed) and goes through the calling program.
         let stack: Vec<&str> = g["stack"]
@@ -177,7 +190,6 @@ fn injected(kernel: &str) {
             .iter()
             .map(|f| f.as_str().unwrap())
             .collect();
-        let helper = g["helper"].as_str().unwrap();
         assert!(
             stack[0].starts_with(&format!("{helper}+")),
             "{kernel}: {stack:?}"

@@ -725,4 +725,23 @@ mod tests {
             "{t}"
         );
     }
+
+    #[test]
+    fn a_pass_without_a_ratio_gives_no_spread() {
+        // Pass 2's floor timed no dearer than no tracer (a noisy host):
+        // its ratio is null, one pass is left to compare, so no spread, and
+        // the summary is pass 1's alone.
+        let rs = ratios(&[
+            m(1, Config::None, 100.0),
+            m(1, Config::Floor, 300.0),
+            m(1, Config::Aggregation, 360.0),
+            m(2, Config::None, 100.0),
+            m(2, Config::Floor, 90.0),
+            m(2, Config::Aggregation, 360.0),
+        ]);
+        assert!(spreads(&rs).is_empty(), "{rs:?}");
+        let su = summarize(&rs);
+        let a = su.iter().find(|s| s.config == Config::Aggregation).unwrap();
+        assert_eq!((a.passes, a.x_floor), (2, 1.3));
+    }
 }

@@ -462,28 +462,60 @@ static __always_inline __u16 helper_proto(__u32 helper)
 	return IPPROTO_TCP;
 }
 
-/* The range of `t` holding `ip`, or NULL: a binary search. */
-static __always_inline struct skprof_jit_range *jit_find(struct skprof_jit_table *t, __u64 ip)
+/* The index of the range of `t` holding `ip`, or -1: a binary search. */
+static __always_inline int jit_find(struct skprof_jit_table *t, __u64 ip)
 {
 	__u32 lo = 0, hi = t->n, mid;
 	int i;
 
 	if (hi > SKPROF_JIT_RANGES)
-		return NULL;
+		return -1;
 	/* log2(SKPROF_JIT_RANGES) + 1 halvings find any range. */
 	for (i = 0; i < 10 && lo < hi; i++) {
 		mid = (lo + hi) / 2;
 		barrier_var(mid);
 		if (mid >= SKPROF_JIT_RANGES)
-			return NULL;
+			return -1;
 		if (ip < t->r[mid].start)
 			hi = mid;
 		else if (ip >= t->r[mid].end)
 			lo = mid + 1;
 		else
-			return &t->r[mid];
+			return mid;
 	}
-	return NULL;
+	return -1;
+}
+
+/* What bpf_get_stack wrote, as one sized object a global function can take. */
+struct jit_frames {
+	__u64 ip[SKPROF_JIT_FRAMES];
+};
+
+/*
+ * The index of the range of `t` holding the first of the `n` frames that
+ * lies in one, or -1. A global function, so the verifier checks its nested
+ * loops (8 frames, 10 halvings each) once, on their own: inlined into the
+ * kprobe entry probe they were followed through the rest of that probe's
+ * paths, and each of the twelve entry probes took about 4 s to load in a
+ * 6.12 TCG guest.
+ */
+__noinline int jit_search(struct skprof_jit_table *t, struct jit_frames *fr, int n)
+{
+	int i, k;
+
+	if (!t || !fr || t->n == 0)
+		return -1;
+	for (i = 0; i < SKPROF_JIT_FRAMES; i++) {
+		if (i >= n)
+			break;
+		/* Cheap rejection of kernel text before the search. */
+		if (fr->ip[i] < t->r[0].start)
+			continue;
+		k = jit_find(t, fr->ip[i]);
+		if (k >= 0)
+			return k;
+	}
+	return -1;
 }
 
 /*
@@ -497,12 +529,11 @@ static __always_inline struct skprof_jit_range *jit_find(struct skprof_jit_table
  */
 static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 {
-	__u64 frames[SKPROF_JIT_FRAMES];
+	struct jit_frames fr;
 	struct skprof_jit_table *t;
-	struct skprof_jit_range *r;
 	__u32 zero = 0, *active;
 	long n;
-	int i;
+	int k;
 
 	if (!jit_in_use)
 		return NULL;
@@ -512,21 +543,13 @@ static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 	t = bpf_map_lookup_elem(&jit_ranges, active);
 	if (!t || t->n == 0)
 		return NULL;
-	n = bpf_get_stack(tctx, frames, sizeof(frames), 0);
+	n = bpf_get_stack(tctx, fr.ip, sizeof(fr.ip), 0);
 	if (n <= 0)
 		return NULL;
-	n /= sizeof(__u64);
-	for (i = 0; i < SKPROF_JIT_FRAMES; i++) {
-		if (i >= n)
-			break;
-		/* Cheap rejection of kernel text before the search. */
-		if (frames[i] < t->r[0].start)
-			continue;
-		r = jit_find(t, frames[i]);
-		if (r)
-			return r;
-	}
-	return NULL;
+	k = jit_search(t, &fr, n / sizeof(__u64));
+	if (k < 0 || k >= SKPROF_JIT_RANGES)
+		return NULL;
+	return &t->r[k];
 }
 
 /* xorshift64: cheap randomness for the sampler (bpf_get_prandom_u32() is a

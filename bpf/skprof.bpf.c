@@ -277,6 +277,21 @@ static __always_inline void hist_record(struct skprof_hist *h, __u64 delta)
 		h->max_ns = delta;
 }
 
+/*
+ * hist_record as a global function, which the verifier checks once, on its
+ * own: inlined, the slot's computation (a chain of compares) was followed
+ * through every path of the exit and release probes that reaches it, a
+ * third of what the verifier went through to load each exit probe. Only
+ * timed calls and releases of timed references record.
+ */
+__noinline int hist_add(struct skprof_hist *h, __u64 delta)
+{
+	if (!h)
+		return 0;
+	hist_record(h, delta);
+	return 0;
+}
+
 static __always_inline bool is_xdp(__u32 helper)
 {
 	return helper >= SKPROF_H_XDP_SK_LOOKUP_TCP &&
@@ -462,12 +477,16 @@ static __always_inline __u16 helper_proto(__u32 helper)
 	return IPPROTO_TCP;
 }
 
-/* The index of the range of `t` holding `ip`, or -1: a binary search. */
-static __always_inline int jit_find(struct skprof_jit_table *t, __u64 ip)
+/* The index of the range of `t` holding `ip`, or -1: a binary search. A
+ * global function, checked once (see jit_search). */
+__noinline int jit_find(struct skprof_jit_table *t, __u64 ip)
 {
-	__u32 lo = 0, hi = t->n, mid;
+	__u32 lo = 0, hi, mid;
 	int i;
 
+	if (!t)
+		return -1;
+	hi = t->n;
 	if (hi > SKPROF_JIT_RANGES)
 		return -1;
 	/* log2(SKPROF_JIT_RANGES) + 1 halvings find any range. */
@@ -493,11 +512,11 @@ struct jit_frames {
 
 /*
  * The index of the range of `t` holding the first of the `n` frames that
- * lies in one, or -1. A global function, so the verifier checks its nested
- * loops (8 frames, 10 halvings each) once, on their own: inlined into the
- * kprobe entry probe they were followed through the rest of that probe's
- * paths, and each of the twelve entry probes took about 4 s to load in a
- * 6.12 TCG guest.
+ * lies in one, or -1. A global function, like jit_find, so the verifier
+ * checks their loops (8 frames, 10 halvings each) once, on their own, and
+ * the search of each frame once: inlined into the kprobe entry probe they
+ * were followed through the rest of that probe's paths, and each of the
+ * twelve entry probes took about 4 s to load in a 6.12 TCG guest.
  */
 __noinline int jit_search(struct skprof_jit_table *t, struct jit_frames *fr, int n)
 {
@@ -549,7 +568,9 @@ static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 	k = jit_search(t, &fr, n / sizeof(__u64));
 	if (k < 0 || k >= SKPROF_JIT_RANGES)
 		return NULL;
-	return &t->r[k];
+	/* The mask, not the test, is what bounds the index for the verifier
+	 * (clang may fold the test into a compare it cannot follow). */
+	return &t->r[k & (SKPROF_JIT_RANGES - 1)];
 }
 
 /* xorshift64: cheap randomness for the sampler (bpf_get_prandom_u32() is a
@@ -626,6 +647,21 @@ struct caller {
 };
 
 /*
+ * A run table index known to be in range, bounded again for the verifier:
+ * clang drops a mask it can prove redundant, and may index with a copy
+ * reloaded from the stack whose range 6.1's verifier does not know (the
+ * test was made on the register before the spill). The barrier hides the
+ * range from clang, so the mask stays.
+ */
+static __always_inline int run_index(int k)
+{
+	__u32 i = k;
+
+	barrier_var(i);
+	return i & (SKPROF_RUN_SLOTS - 1);
+}
+
+/*
  * Which program made the call: a traced program's run is recorded under the
  * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern); an
  * untraced one is found from the kernel stack when the JIT table lists it.
@@ -639,6 +675,7 @@ static __always_inline void find_caller(void *tctx, __u64 pctx, struct caller *w
 	who->run = -1;
 	if (rs && k >= 0 && k < SKPROF_RUN_SLOTS) {
 		who->rs = rs;
+		k = run_index(k);
 		who->run = k;
 		who->run_id = rs->r[k].run_id;
 		who->prog_slot = rs->r[k].prog_slot;
@@ -979,7 +1016,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 			who.rs = get_runs();
 			who.run = who.rs ? find_run(who.rs, pctx, 0, false) : -1;
 			if (who.run >= 0 && who.run < SKPROF_RUN_SLOTS &&
-			    who.rs->r[who.run].run_id != who.run_id)
+			    who.rs->r[run_index(who.run)].run_id != who.run_id)
 				who.run = -1;
 		}
 		outcome = ret ? SKPROF_O_HIT : match->reason;
@@ -1004,7 +1041,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 			lookup_place(helper, pctx, ret, &key);
 		h = hist_of(&hists, &key);
 		if (h && ts)
-			hist_record(h, now > ts ? now - ts : 0);
+			hist_add(h, now > ts ? now - ts : 0);
 	}
 	if (places_on) {
 		if (h) {
@@ -1094,7 +1131,7 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 			h = hist_of(&holds, &slot);
 			if (h) {
 				h->calls++;
-				hist_record(h, now > rr.acquired_ns ? now - rr.acquired_ns : 0);
+				hist_add(h, now > rr.acquired_ns ? now - rr.acquired_ns : 0);
 			}
 		}
 		trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
@@ -1136,7 +1173,7 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 	h = hist_of(&holds, &slot);
 	if (h) {
 		h->calls++;
-		hist_record(h, now - hd->acquired_ns);
+		hist_add(h, now - hd->acquired_ns);
 	}
 	trace_ledger(SKPROF_EV_RELEASE, sk, hd->run_id, slot, hd->helper, cls,
 		     SKPROF_TF_REFCOUNTED | SKPROF_TF_MATCHED, now);

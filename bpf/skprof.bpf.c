@@ -260,10 +260,19 @@ static __always_inline struct skprof_hist *hist_of(void *map, void *key)
 	return h;
 }
 
-static __always_inline void hist_record(struct skprof_hist *h, __u64 delta)
+/*
+ * Adds one value to a histogram. A global function, which the verifier
+ * checks once, on its own: inlined, the slot's computation (a chain of
+ * compares) was followed through every path of the exit and release probes
+ * that reaches it, a third of what the verifier went through to load each
+ * exit probe. Only timed calls and releases of timed references record.
+ */
+__noinline int hist_add(struct skprof_hist *h, __u64 delta)
 {
 	__u32 slot = hist_slot(delta);
 
+	if (!h)
+		return 0;
 	/* Keep clang from checking one copy of slot and indexing with
 	 * another, which the verifier cannot follow. */
 	barrier_var(slot);
@@ -275,20 +284,6 @@ static __always_inline void hist_record(struct skprof_hist *h, __u64 delta)
 	h->sum_ns += delta;
 	if (delta > h->max_ns)
 		h->max_ns = delta;
-}
-
-/*
- * hist_record as a global function, which the verifier checks once, on its
- * own: inlined, the slot's computation (a chain of compares) was followed
- * through every path of the exit and release probes that reaches it, a
- * third of what the verifier went through to load each exit probe. Only
- * timed calls and releases of timed references record.
- */
-__noinline int hist_add(struct skprof_hist *h, __u64 delta)
-{
-	if (!h)
-		return 0;
-	hist_record(h, delta);
 	return 0;
 }
 
@@ -477,6 +472,21 @@ static __always_inline __u16 helper_proto(__u32 helper)
 	return IPPROTO_TCP;
 }
 
+/*
+ * An index already tested to be below `size` (a power of two), bounded
+ * again for the verifier: clang drops a mask it can prove redundant, and
+ * may index with a copy reloaded from the stack, or fold the test into a
+ * compare, whose range the verifier (6.1's especially) does not know. The
+ * barrier hides the range from clang, so the mask stays.
+ */
+static __always_inline __u32 bounded(int k, __u32 size)
+{
+	__u32 i = k;
+
+	barrier_var(i);
+	return i & (size - 1);
+}
+
 /* The index of the range of `t` holding `ip`, or -1: a binary search. A
  * global function, checked once (see jit_search). */
 __noinline int jit_find(struct skprof_jit_table *t, __u64 ip)
@@ -568,9 +578,7 @@ static __always_inline struct skprof_jit_range *stack_caller(void *tctx)
 	k = jit_search(t, &fr, n / sizeof(__u64));
 	if (k < 0 || k >= SKPROF_JIT_RANGES)
 		return NULL;
-	/* The mask, not the test, is what bounds the index for the verifier
-	 * (clang may fold the test into a compare it cannot follow). */
-	return &t->r[k & (SKPROF_JIT_RANGES - 1)];
+	return &t->r[bounded(k, SKPROF_JIT_RANGES)];
 }
 
 /* xorshift64: cheap randomness for the sampler (bpf_get_prandom_u32() is a
@@ -647,21 +655,6 @@ struct caller {
 };
 
 /*
- * A run table index known to be in range, bounded again for the verifier:
- * clang drops a mask it can prove redundant, and may index with a copy
- * reloaded from the stack whose range 6.1's verifier does not know (the
- * test was made on the register before the spill). The barrier hides the
- * range from clang, so the mask stays.
- */
-static __always_inline int run_index(int k)
-{
-	__u32 i = k;
-
-	barrier_var(i);
-	return i & (SKPROF_RUN_SLOTS - 1);
-}
-
-/*
  * Which program made the call: a traced program's run is recorded under the
  * ctx pointer the helper gets (skb, xdp_buff, bpf_sock_addr_kern); an
  * untraced one is found from the kernel stack when the JIT table lists it.
@@ -675,7 +668,7 @@ static __always_inline void find_caller(void *tctx, __u64 pctx, struct caller *w
 	who->run = -1;
 	if (rs && k >= 0 && k < SKPROF_RUN_SLOTS) {
 		who->rs = rs;
-		k = run_index(k);
+		k = bounded(k, SKPROF_RUN_SLOTS);
 		who->run = k;
 		who->run_id = rs->r[k].run_id;
 		who->prog_slot = rs->r[k].prog_slot;
@@ -1016,7 +1009,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 			who.rs = get_runs();
 			who.run = who.rs ? find_run(who.rs, pctx, 0, false) : -1;
 			if (who.run >= 0 && who.run < SKPROF_RUN_SLOTS &&
-			    who.rs->r[run_index(who.run)].run_id != who.run_id)
+			    who.rs->r[bounded(who.run, SKPROF_RUN_SLOTS)].run_id != who.run_id)
 				who.run = -1;
 		}
 		outcome = ret ? SKPROF_O_HIT : match->reason;

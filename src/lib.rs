@@ -12,6 +12,7 @@ pub mod attrib;
 pub mod bpf;
 #[cfg(feature = "bpf")]
 pub mod cli;
+pub mod duration;
 pub mod error;
 #[cfg(feature = "bpf")]
 pub mod export;
@@ -21,6 +22,8 @@ pub mod kernel;
 pub mod ksyms;
 pub mod model;
 pub mod record;
+#[cfg(feature = "bpf")]
+pub mod session;
 #[cfg(feature = "bpf")]
 pub mod tui;
 #[cfg(feature = "bpf")]

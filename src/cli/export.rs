@@ -10,7 +10,6 @@
 //! program tracer detaches with the process's BPF links); SIGHUP rescans
 //! the loaded programs at once and logs which ones are attributed.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,14 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::daemon::{Programs, Signals};
-use super::{Session, WorkloadRunner};
-use crate::bpf::probes::{monotonic_ns, ProbeKind};
 use crate::error::SkprofError;
 use crate::export::http::{Body, Published, Server, Shared};
 use crate::export::log::{LogFormat, Logger};
 use crate::export::metrics::{Calibration, ExportOptions, Exporter, ProbeInfo, Reading};
 use crate::export::procstat;
+use crate::session::{self, LiveSource, Signals, SourceInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -42,13 +39,13 @@ pub struct ExportArgs {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Seconds between collections (what a scrape sees is at most this
-    /// old).
-    #[arg(long, default_value_t = 1.0, value_parser = super::parse_interval)]
-    pub interval: f64,
+    /// Time between collections (what a scrape sees is at most this old;
+    /// e.g. 1s, 500ms; a plain number is seconds).
+    #[arg(long, default_value = "1s", value_parser = crate::duration::interval)]
+    pub interval: Duration,
     /// Outstanding references older than this count as leaked (e.g.
-    /// 500ms, 2s; a plain number is milliseconds).
-    #[arg(long, default_value = "500ms", value_parser = super::leaks::parse_age)]
+    /// 500ms, 2s; a plain number is seconds).
+    #[arg(long, default_value = "500ms", value_parser = crate::duration::up_to_a_day)]
     pub older_than: Duration,
     /// Per-program series exported at most: each (program, helper,
     /// outcome) label set costs its call counter and latency histogram
@@ -64,23 +61,17 @@ pub struct ExportArgs {
     /// Leaked references exported with their tuple, at most.
     #[arg(long, default_value_t = 16, requires = "export_tuples")]
     pub max_tuples: usize,
-    /// Seconds a program that went away keeps its final figures in the
+    /// How long a program that went away keeps its final figures in the
     /// output (so scrapes see its last calls), then its series are
-    /// dropped. The default covers Prometheus's default 1 m scrape interval.
-    #[arg(long, default_value_t = 60.0, value_parser = parse_keep)]
-    pub keep_gone: f64,
+    /// dropped (e.g. 60s, 5m; a plain number is seconds). The default
+    /// covers Prometheus's default 1 m scrape interval.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::up_to_a_day)]
+    pub keep_gone: Duration,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub http_workers: u64,
     #[command(flatten)]
     pub session: super::SessionArgs,
-}
-
-fn parse_keep(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not a number of seconds from 0 to 86400")),
-    }
 }
 
 /// Why a bind address is refused without --allow-remote (pure).
@@ -111,80 +102,71 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             &[("listen", args.listen.to_string())],
         );
     }
-    let mut session = Session::start(&args.session)?;
+    let mut live = LiveSource::start(&args.session.options(), args.interval)?;
+    let info = live.info();
     let mut exporter = Exporter::new(ExportOptions {
         max_series: args.max_export_series as usize,
         older_than_ns: args.older_than.as_nanos() as u64,
         export_tuples: args.export_tuples,
         max_tuples: args.max_tuples,
-        keep_gone: (args.keep_gone / args.interval).ceil() as u64,
+        keep_gone: (args.keep_gone.as_secs_f64() / args.interval.as_secs_f64()).ceil() as u64,
     });
     // The calibrated per-lookup cost, with --calibrate; without it the
     // family is exported empty rather than guessed.
-    exporter.calibration = session.overhead.map(|o| Calibration {
-        seconds_per_call: o.ns_per_lookup / 1e9,
-        source: format!("--calibrate at start, {}", session.kernel),
+    exporter.calibration = info.probe_ns_per_lookup.map(|ns| Calibration {
+        seconds_per_call: ns / 1e9,
+        source: format!("--calibrate at start, {}", info.kernel),
     });
-    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let shared: Shared = Arc::new(RwLock::new(Arc::new(Published::default())));
-    let mut programs = Programs::new(&session);
-    let first = read(&session, args);
-    collect(first, &mut session, &mut exporter, &shared, &[], &log);
+    let first = live.next(&signals)?;
+    let attribution = first
+        .as_ref()
+        .map(|r| r.attribution.clone())
+        .unwrap_or_default();
+    if let Some(r) = first {
+        collect(Ok(r), &info, &live, &mut exporter, &shared, &log);
+    }
     let server = Server::start(listener, Arc::clone(&shared), args.http_workers as usize)?;
     log.info(
         "exporting",
         &[
             ("listen", server.local_addr().to_string()),
-            ("probe_mode", session.probes.kind().to_string()),
-            ("kernel", session.kernel.clone()),
-            ("helpers", session.probes.helpers().len().to_string()),
-            ("programs", programs.len().to_string()),
-            ("interval_s", args.interval.to_string()),
+            ("probe_mode", info.probe_mode.clone()),
+            ("kernel", info.kernel.clone()),
+            ("helpers", info.helpers.len().to_string()),
+            ("programs", attribution.programs.len().to_string()),
+            ("interval_s", args.interval.as_secs_f64().to_string()),
         ],
     );
-    if let Some(why) = &session.attrib_off {
+    if let Some(why) = &attribution.off_reason {
         log.warn("no per-program attribution", &[("why", why.clone())]);
     }
-
-    let mut next = Instant::now() + Duration::from_secs_f64(args.interval);
     let result = loop {
-        signals.wait_until(next);
-        if signals.stopped().is_some() {
-            break Ok(());
+        let reading = match live.next(&signals) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => break Ok(()),
+            Err(e) => Err(e),
+        };
+        let workload_done = reading.as_ref().is_ok_and(|r| r.workload_done);
+        if let Ok(r) = &reading {
+            super::daemon::log_rescan(r, &log);
         }
-        let rescan = signals.take_hup();
-        next = Instant::now() + Duration::from_secs_f64(args.interval);
-        // Read before the rescan: a program that went away since the last
-        // collection is still in the maps until the rescan lets it go, so
-        // its last calls are counted.
-        let reading = read(&session, args);
-        let freed = programs.rescan(&mut session, rescan, &log);
-        collect(reading, &mut session, &mut exporter, &shared, &freed, &log);
-        if workload.as_ref().is_some_and(|w| w.finished()) {
-            if let Some(w) = workload.take() {
-                // Its exact counts, for comparison with the metrics; the
-                // exporter goes on serving.
-                let mut out = std::io::stdout().lock();
-                let done = w
-                    .finish(&session, true, &mut out)
-                    .and_then(|()| out.flush().context("flush stdout"));
-                match done {
-                    Ok(()) => log.info("workload done", &[]),
-                    Err(e) => break Err(e),
-                }
+        collect(reading, &info, &live, &mut exporter, &shared, &log);
+        if workload_done {
+            // Its exact counts, for comparison with the metrics; the
+            // exporter goes on serving.
+            if let Err(e) = print_workload(&mut live) {
+                break Err(e);
             }
+            log.info("workload done", &[]);
         }
     };
     let served = server.served.load(Ordering::Relaxed);
     let busy = server.refused.load(Ordering::Relaxed);
     server.shutdown();
-    if let Some(w) = workload.take() {
-        let mut out = std::io::stdout().lock();
-        w.finish(&session, true, &mut out)?;
-        out.flush().context("flush stdout")?;
-    }
+    let printed = print_workload(&mut live);
     // Dropping the session detaches every probe and program tracer.
-    drop(session);
+    drop(live);
     log.info(
         "stopped",
         &[
@@ -192,28 +174,51 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             ("refused_busy", busy.to_string()),
         ],
     );
-    result
+    result.and(printed)
 }
 
-/// One collection: update, render, publish a reading made before the
-/// rescan that freed `freed`. A failure is logged and marks the endpoint
-/// unhealthy (`/healthz`); the last good exposition stays served.
+/// The workload's exact counts on stdout, once it stopped.
+fn print_workload(live: &mut LiveSource) -> Result<()> {
+    if let Some(expected) = live.workload_tally()? {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", session::workload_line(&expected, true)).context("write to stdout")?;
+        out.flush().context("flush stdout")?;
+    }
+    Ok(())
+}
+
+/// One collection: update, render, publish a reading (the program slots
+/// the session let go right after it are the exporter's to forget). A
+/// failure is logged and marks the endpoint unhealthy (`/healthz`); the
+/// last good exposition stays served.
 fn collect(
-    reading: Result<Reading>,
-    session: &mut Session,
+    reading: Result<crate::model::reading::Reading>,
+    info: &SourceInfo,
+    live: &LiveSource,
     exporter: &mut Exporter,
     shared: &Shared,
-    freed: &[u32],
     log: &Logger,
 ) {
     let started = Instant::now();
-    match reading.and_then(|mut r| {
-        exporter.update(&mut r, freed);
+    match reading.and_then(|reading| {
+        let mut r = Reading {
+            probe: ProbeInfo {
+                mode: info.probe_mode.clone(),
+                kernel: info.kernel.clone(),
+                attribution: reading.attribution.mode.clone(),
+                probes_attached: info.probes_attached,
+                programs_traced: reading.attribution.traced(),
+                programs_by_stack: reading.attribution.by_stack,
+                programs_untraceable: reading.attribution.untraceable,
+            },
+            reading,
+            self_stats: procstat::read_self(),
+        };
+        exporter.update(&mut r, live.freed_after_last_reading());
         r.self_stats.collect_seconds = started.elapsed().as_secs_f64();
-        let x = exporter.render(&r).context("render the metrics")?;
-        Ok((r, x))
+        exporter.render(&r).context("render the metrics")
     }) {
-        Ok((r, x)) => {
+        Ok(x) => {
             let p = Published {
                 openmetrics: Body::new(x.openmetrics.into_bytes()),
                 prometheus: Body::new(x.prometheus.into_bytes()),
@@ -222,15 +227,6 @@ fn collect(
             if let Ok(mut g) = shared.write() {
                 *g = Arc::new(p);
             }
-            // Names of programs neither live nor in the ledger are not
-            // needed any more: keep the map bounded over program churn.
-            let keep: BTreeSet<u32> = r
-                .programs
-                .values()
-                .map(|p| p.id)
-                .chain(r.ledger.iter().flatten().map(|x| x.prog_id))
-                .collect();
-            session.names.retain(|id, _| keep.contains(id));
         }
         Err(e) => {
             log.error(
@@ -247,63 +243,6 @@ fn collect(
             }
         }
     }
-}
-
-/// Reads everything one exposition shows.
-fn read(session: &Session, args: &ExportArgs) -> Result<Reading> {
-    let snapshot = session.probes.read()?;
-    let programs = snapshot
-        .programs()
-        .into_iter()
-        .chain(
-            session
-                .attrib
-                .iter()
-                .flat_map(|a| a.programs().map(|p| p.slot)),
-        )
-        .map(|slot| (slot, session.program(slot)))
-        .collect();
-    let ledger = if args.session.no_ledger {
-        None
-    } else {
-        Some(session.probes.read_ledger()?)
-    };
-    let now_ns = monotonic_ns();
-    let run_leaks = session.probes.take_events()?.run_leaks;
-    let (traced, by_stack) = session.attrib.as_ref().map_or((0, 0), |a| {
-        let stack = a
-            .programs()
-            .filter(|p| p.method == crate::attrib::Method::Stack)
-            .count() as u64;
-        (a.programs().count() as u64 - stack, stack)
-    });
-    let attribution = match (&session.attrib, session.probes.kind()) {
-        (None, _) => "off",
-        (Some(_), ProbeKind::Kprobe) => "stack",
-        (Some(_), _) if args.session.attribute_by == super::AttributeBy::Stack => "stack",
-        (Some(_), _) => "trace",
-    };
-    Ok(Reading {
-        snapshot,
-        programs,
-        names: session.names.clone(),
-        ledger,
-        now_ns,
-        run_leaks,
-        probe: ProbeInfo {
-            mode: ProbeInfo::mode_name(session.probes.kind()),
-            kernel: session.kernel.clone(),
-            attribution: attribution.into(),
-            probes_attached: session.probes.attached() as u64,
-            programs_traced: traced,
-            programs_by_stack: by_stack,
-            programs_untraceable: session
-                .attrib
-                .as_ref()
-                .map_or(0, |a| a.untraceable().len() as u64),
-        },
-        self_stats: procstat::read_self(),
-    })
 }
 
 #[cfg(test)]

@@ -4,25 +4,21 @@
 //! traced program run that ended holding one.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::daemon::{Programs, Signals};
-use super::{Session, WorkloadRunner};
-use crate::bpf::probes::monotonic_ns;
 use crate::error::SkprofError;
 use crate::export::log::{Level, LogFormat, Logger};
-use crate::ksyms::Ksyms;
 use crate::model::ids::Helper;
 use crate::model::leak_watch::{DropWatch, LeakWatch, WatchEvent};
 use crate::model::ledger::{state_name, LeakGroup, LeakReport};
 use crate::model::ledger_model::{Finding, LedgerEvent, LedgerModel, ModelTally};
+use crate::model::reading::{Reading, SourceInfo};
 use crate::model::snapshot::{Grouping, IntervalStats};
-use crate::workload::HelperTally;
+use crate::model::words::Balance;
+use crate::session::{self, LiveSource, Signals};
 
 #[derive(Debug, clap::Args)]
 pub struct LeaksArgs {
@@ -30,12 +26,12 @@ pub struct LeaksArgs {
     #[arg(default_value_t = 1.0, value_parser = super::parse_interval)]
     pub interval: f64,
     /// Report references outstanding for longer than this (e.g. 500ms, 2s;
-    /// a plain number is milliseconds). Program runs take microseconds.
-    #[arg(long, default_value = "500ms", value_parser = parse_age)]
+    /// a plain number is seconds). Program runs take microseconds.
+    #[arg(long, default_value = "500ms", value_parser = crate::duration::up_to_a_day)]
     pub older_than: Duration,
-    /// Stop after this many seconds.
-    #[arg(long, value_parser = super::parse_interval)]
-    pub duration: Option<f64>,
+    /// Stop after this long (e.g. 30s, 10m; a plain number is seconds).
+    #[arg(long, value_parser = crate::duration::positive)]
+    pub duration: Option<Duration>,
     /// Stop at the first report with a leak (exit code 5).
     #[arg(long)]
     pub exit_on_leak: bool,
@@ -72,10 +68,10 @@ pub struct LeaksArgs {
     /// --watch: log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, requires = "watch")]
     pub log_format: LogFormat,
-    /// --watch: seconds between summary lines (outstanding references,
-    /// leak totals, drops, ledger overflow, memory).
-    #[arg(long, default_value_t = 60.0, value_parser = super::parse_interval, requires = "watch")]
-    pub summary_interval: f64,
+    /// --watch: time between summary lines (outstanding references,
+    /// leak totals, drops, ledger overflow, memory; e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = crate::duration::interval, requires = "watch")]
+    pub summary_interval: Duration,
     /// --watch: leak groups (program, helper, stack) remembered at most;
     /// more are counted (groups_overflow) and not logged one by one until
     /// remembered groups are resolved.
@@ -90,22 +86,6 @@ pub struct LeaksArgs {
     pub session: super::SessionArgs,
 }
 
-/// `500ms`, `2s`, `1.5s`, `250` (a plain number is milliseconds here:
-/// thresholds are short). Units as the workload's `--duration`.
-pub fn parse_age(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let d = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        crate::workload::cli::parse_duration(&format!("{t}ms"))
-    } else {
-        crate::workload::cli::parse_duration(t)
-    }
-    .map_err(|e| format!("'{s}' is not a duration (e.g. 500ms, 2s): {e}"))?;
-    if d > Duration::from_secs(86_400) {
-        return Err(format!("'{s}' is out of range (0 to 1 day)"));
-    }
-    Ok(d)
-}
-
 #[derive(Serialize)]
 struct JsonReport<'a> {
     #[serde(rename = "type")]
@@ -114,15 +94,18 @@ struct JsonReport<'a> {
     /// Refcounted releases of sockets no traced lookup acquired, since start
     /// (SOCKMAP/SOCKHASH sockets, bpf_skc_to_*; their own class).
     unmatched_releases: u64,
+    /// Acquired against released since start, as every face words it.
+    balance: &'a Balance,
     #[serde(flatten)]
     report: &'a LeakReport,
 }
 
 /// The text form of one report (pure).
-pub fn format_report(r: &LeakReport, elapsed_s: f64) -> String {
+pub fn format_report(r: &LeakReport, elapsed_s: f64, balance: &Balance) -> String {
     let mut t = format!(
-        "\n[{elapsed_s:.1}s] ledger: {} sockets with references outstanding, {} older than {} ms ({} references)\n",
-        r.outstanding_sockets, r.leaked_sockets, r.older_than_ms, r.leaked_references
+        "\n[{elapsed_s:.1}s] ledger: {} sockets with references outstanding, {} older than {} ms ({} references); since start: acquired {} \u{2192} {}\n",
+        r.outstanding_sockets, r.leaked_sockets, r.older_than_ms, r.leaked_references,
+        balance.acquired, balance.text
     );
     if !r.groups.is_empty() {
         t += &format!(
@@ -181,21 +164,27 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     if args.watch {
         return watch(args);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    super::install_stop_signals(&stop)?;
-    let mut session = Session::start_traced(&args.session, args.trace.is_some())?;
+    let signals = Signals::install()?;
+    let mut opts = args.session.options();
+    opts.ledger_trace = args.trace.is_some();
+    let mut live = LiveSource::start(&opts, Duration::from_secs_f64(args.interval))?;
+    let info = live.info();
+    // The baseline: its counters are where the trace's losses count from.
+    let base = live.next(&signals)?.context("stopped at start")?;
     let mut tracer = match &args.trace {
-        Some(path) => Some(Tracer::create(path, &session, args.session.ledger_size)?),
+        Some(path) => Some(Tracer::create(path, &info, args.session.ledger_size, &base)?),
         None => None,
     };
-    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
     let mut out = std::io::stdout().lock();
-    if !args.json {
-        writeln!(out, "{}", session.banner()).context("write to stdout")?;
+    if args.json {
+        writeln!(out, "{}", session::start_line(&info, &base.attribution)).context("write to stdout")?;
+    } else {
+        writeln!(out, "{}", session::banner(&info, &base.attribution)).context("write to stdout")?;
     }
+    out.flush().context("flush stdout")?;
     // Kept alive until the end: its sockets are the ones the report names.
     let _self_test = if args.self_test {
-        let (w, expected, tuples) = self_test(&mut session, args)?;
+        let (w, expected, tuples) = live.self_test(args.self_test_count)?;
         if args.json {
             let line =
                 serde_json::json!({"type": "self_test", "expected": expected, "tuples": tuples});
@@ -214,78 +203,68 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         None
     };
     let started = Instant::now();
-    let end = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let end = args.duration.map(|d| started + d);
+    if let Some(e) = end {
+        live.end_at(e);
+    }
     let older_than_ns = args.older_than.as_nanos() as u64;
     let mut leaked = false;
-    loop {
-        let deadline = Instant::now() + Duration::from_secs_f64(args.interval);
-        let deadline = end.map_or(deadline, |e| e.min(deadline));
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
-        }
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        // Once the workload is done every reference it took is released
-        // (or leaked): report once more and stop.
-        let workload_done = workload.as_ref().is_some_and(|w| w.finished());
-        session.refresh_programs()?;
-        let refs = session.probes.read_ledger()?;
-        let events = session.probes.take_events()?;
+    while let Some(r) = live.next(&signals)? {
         if let Some(t) = tracer.as_mut() {
-            t.feed(&events.trace)?;
+            t.feed(&r.trace)?;
         }
-        let run_leaks = events.run_leaks;
-        let mut report =
-            LeakReport::build(&refs, run_leaks, monotonic_ns(), older_than_ns, &|id| {
-                session.program_name(id)
-            });
+        let mut report = LeakReport::of(&r, older_than_ns);
         // Read per report, only when there are stacks to name: BPF programs
         // come and go, and their JIT images are named in kallsyms too.
-        if report.groups.iter().any(|g| g.stack_id >= 0) {
-            let ksyms = Ksyms::load()?;
-            report.symbolize(&|id| {
-                let frames = session.probes.read_stack(id).unwrap_or_default();
-                trim_probe_frames(frames.iter().map(|&ip| ksyms.resolve(ip)).collect())
-            });
+        let ids: Vec<i32> = report.groups.iter().map(|g| g.stack_id).collect();
+        if ids.iter().any(|&id| id >= 0) {
+            let stacks = live.stacks(&ids);
+            report.symbolize(&|id| stacks.get(&id).cloned().unwrap_or_default());
         }
         let elapsed_s = started.elapsed().as_secs_f64();
-        let unmatched_releases = session
-            .probes
-            .read()?
-            .counters
-            .release_unmatched
-            .iter()
-            .sum();
+        let balance = Balance::of(
+            r.snapshot.acquired_total(),
+            r.snapshot.counters.released.iter().sum(),
+            r.snapshot.counters.release_unmatched.iter().sum(),
+        );
         if args.json {
             serde_json::to_writer(
                 &mut out,
                 &JsonReport {
                     kind: "leaks",
                     elapsed_s,
-                    unmatched_releases,
+                    unmatched_releases: balance.unmatched_releases,
+                    balance: &balance,
                     report: &report,
                 },
             )
             .context("write JSON")?;
             writeln!(out).context("write to stdout")?;
         } else {
-            write!(out, "{}", format_report(&report, elapsed_s)).context("write to stdout")?;
+            write!(out, "{}", format_report(&report, elapsed_s, &balance))
+                .context("write to stdout")?;
         }
         out.flush().context("flush stdout")?;
         leaked |= report.has_leaks();
+        // Once the workload is done every reference it took is released
+        // (or leaked): that report is the last.
         if (leaked && args.exit_on_leak)
-            || workload_done
+            || r.workload_done
             || end.is_some_and(|e| Instant::now() >= e)
         {
             break;
         }
     }
-    if let Some(w) = workload.take() {
-        w.finish(&session, args.json, &mut out)?;
+    if let Some(expected) = live.workload_tally()? {
+        writeln!(out, "{}", session::workload_line(&expected, args.json))
+            .context("write to stdout")?;
     }
     if let Some(t) = tracer.take() {
-        t.finish(&session, args.json, &mut out)?;
+        // Two readings: the steps still in the ring buffer with the
+        // ledger, then whether any came after (the ledger still moving).
+        let last = live.read_now()?;
+        let late = live.read_now()?;
+        t.finish(&last, &late, args.json, &mut out)?;
     }
     if leaked {
         return Err(SkprofError::Leaks(
@@ -294,29 +273,6 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// Drops the innermost frames that are skprof's own: the stack is taken in
-/// the helper's exit probe, so it starts in that probe (in fentry mode in
-/// its out-of-line slow path, a subprogram of its own, `exit_slow`, see
-/// bpf/skprof.bpf.c) and its trampoline, then the helper.
-fn trim_probe_frames(mut frames: Vec<String>) -> Vec<String> {
-    let ours = |f: &str| {
-        f.starts_with("bpf_trampoline_")
-            || (f.starts_with("bpf_prog_")
-                && [
-                    "_fexit_bpf_",
-                    "_kretprobe_bpf_",
-                    "_fentry_bpf_",
-                    "_kprobe_bpf_",
-                    "_exit_slow+",
-                ]
-                .iter()
-                .any(|p| f.contains(p)))
-    };
-    let n = frames.iter().take_while(|f| ours(f)).count();
-    frames.drain(..n);
-    frames
 }
 
 /// `--trace`: writes the ledger's steps as JSON lines and replays them
@@ -348,15 +304,20 @@ struct TraceCheck<'a> {
 const DISAGREEMENTS_SHOWN: usize = 20;
 
 impl Tracer {
-    fn create(path: &std::path::Path, session: &Session, ledger_size: u32) -> Result<Tracer> {
+    fn create(
+        path: &std::path::Path,
+        info: &SourceInfo,
+        ledger_size: u32,
+        base: &Reading,
+    ) -> Result<Tracer> {
         let file = std::fs::File::create(path)
             .with_context(|| format!("create trace file {}", path.display()))?;
         let mut file = std::io::BufWriter::new(file);
         writeln!(
             file,
-            "# skprof ledger trace v2: kernel {}, {:?} probes, ledger_size {ledger_size}",
-            session.kernel,
-            session.probes.kind()
+            "# skprof ledger trace v2: kernel {}, {} probes, ledger_size {ledger_size}",
+            info.kernel,
+            info.probe_mode
         )
         .with_context(|| format!("write {}", path.display()))?;
         Ok(Tracer {
@@ -364,7 +325,7 @@ impl Tracer {
             file,
             model: LedgerModel::new(ledger_size as usize),
             disagreements: Vec::new(),
-            dropped_at_start: session.probes.read()?.counters.events_dropped,
+            dropped_at_start: base.snapshot.counters.events_dropped,
         })
     }
 
@@ -383,18 +344,22 @@ impl Tracer {
 
     /// Drains the ring buffer, compares the model's outstanding references
     /// with the kernel's ledger, and reports.
-    fn finish(mut self, session: &Session, json: bool, out: &mut impl Write) -> Result<()> {
-        self.feed(&session.probes.take_events()?.trace)?;
-        let kernel = session.probes.read_ledger()?;
-        let late = session.probes.take_events()?.trace;
-        let quiescent = late.is_empty();
-        self.feed(&late)?;
+    fn finish(
+        mut self,
+        last: &Reading,
+        late: &Reading,
+        json: bool,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        self.feed(&last.trace)?;
+        let kernel = last.ledger.as_ref().map(|l| l.refs.clone()).unwrap_or_default();
+        let quiescent = late.trace.is_empty();
+        self.feed(&late.trace)?;
         self.file
             .flush()
             .with_context(|| format!("write {}", self.path.display()))?;
-        let lost = session
-            .probes
-            .read()?
+        let lost = late
+            .snapshot
             .counters
             .events_dropped
             .saturating_sub(self.dropped_at_start);
@@ -487,73 +452,46 @@ impl Tracer {
     }
 }
 
-/// `--self-test`: one round of the workload's tc cases with releases
-/// untraced. Returns the workload, whose sockets must outlive the report,
-/// its exact counts and the tuples of the lookups that took a reference.
-fn self_test(
-    session: &mut Session,
-    args: &LeaksArgs,
-) -> Result<(crate::workload::Workload, HelperTally, Vec<String>)> {
-    let opts = crate::workload::WorkloadOpts {
-        count: args.self_test_count,
-        rounds: Some(1),
-        rate: None,
-        duration: None,
-        families: vec![crate::model::ids::Family::Tc],
-    };
-    let mut w =
-        crate::workload::Workload::setup(&opts).context("self-test: set up the workload")?;
-    session.refresh_programs()?;
-    session.probes.trace_releases(false)?;
-    let tally = w.run_round();
-    // Resume before anything can fail, so nothing stays half-traced.
-    session.probes.trace_releases(true)?;
-    let tally = tally.context("self-test: run the workload")?;
-    let expected = tally.by_helper(session.funcs.has_tc_variants());
-    let tuples = w.acquiring_tuples(crate::model::ids::Family::Tc)?;
-    Ok((w, expected, tuples))
-}
-
 /// Frames of a leak group's stack shown in a `--watch` log line.
 const STACK_FRAMES_LOGGED: usize = 4;
 
 /// `--watch`: a long-running leak watch logging structured lines (see
-/// `LeaksArgs::watch` and the README's "skprof leaks --watch").
+/// `LeaksArgs::watch` and docs/leaks.md).
 fn watch(args: &LeaksArgs) -> Result<()> {
     let log = Logger {
         format: args.log_format,
     };
     let signals = Signals::install()?;
-    let mut session = Session::start(&args.session)?;
-    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
-    let mut programs = Programs::new(&session);
+    let mut live = LiveSource::start(&args.session.options(), Duration::from_secs_f64(args.interval))?;
+    let info = live.info();
+    let base = live.next(&signals)?.context("stopped at start")?;
     let older_than_ns = args.older_than.as_nanos() as u64;
     log.log_values(
         Level::Info,
         "watching for leaked socket references",
         &[
-            ("kernel", session.kernel.clone().into()),
-            ("probe_mode", session.probes.kind().to_string().into()),
-            ("helpers", session.probes.helpers().len().into()),
-            ("programs", programs.len().into()),
-            ("attribution", session.attrib.is_some().into()),
+            ("kernel", info.kernel.clone().into()),
+            ("probe_mode", info.probe_mode.clone().into()),
+            ("helpers", info.helpers.len().into()),
+            ("programs", base.attribution.programs.len().into()),
+            ("attribution", (base.attribution.mode != "off").into()),
             ("ledger_size", args.session.ledger_size.into()),
             ("older_than_ms", (older_than_ns as f64 / 1e6).into()),
             ("interval_s", args.interval.into()),
-            ("summary_interval_s", args.summary_interval.into()),
+            ("summary_interval_s", args.summary_interval.as_secs_f64().into()),
             ("max_groups", args.max_groups.into()),
             ("stacks", args.session.stacks.into()),
         ],
     );
-    if let Some(why) = &session.attrib_off {
+    if let Some(why) = &base.attribution.off_reason {
         log.warn("no per-program attribution", &[("why", why.clone())]);
     }
-    if let Some(why) = &session.probes.fallback_reason {
+    if let Some(why) = &info.fallback_reason {
         log.warn("fentry unavailable, using kprobes", &[("why", why.clone())]);
     }
     // Kept alive until the end: its sockets are the ones the leaks name.
     let _self_test = if args.self_test {
-        let (w, expected, _) = self_test(&mut session, args)?;
+        let (w, expected, _) = live.self_test(args.self_test_count)?;
         let by_helper: serde_json::Map<String, serde_json::Value> = Helper::ALL
             .iter()
             .map(|&h| (h, expected.acquired[h.index()].iter().sum::<u64>()))
@@ -581,69 +519,64 @@ fn watch(args: &LeaksArgs) -> Result<()> {
     let mut leaks = LeakWatch::new(args.max_groups as usize);
     let mut drops = DropWatch::default();
     let mut state = WatchState::default();
-    let end = args.duration.map(|d| started + Duration::from_secs_f64(d));
-    let interval = Duration::from_secs_f64(args.interval);
-    let summary_every = Duration::from_secs_f64(args.summary_interval);
-    let mut next_scan = Instant::now() + interval;
+    let end = args.duration.map(|d| started + d);
+    let summary_every = args.summary_interval;
     let mut next_summary = Instant::now() + summary_every;
+    let mut programs = base.attribution.programs.len();
+    live.end_at(next_summary);
     let reason: String = loop {
-        let wake = next_scan.min(next_summary);
-        signals.wait_until(end.map_or(wake, |e| e.min(wake)));
-        if let Some(sig) = signals.stopped() {
-            break sig.into();
-        }
-        let hup = signals.take_hup();
-        let now = Instant::now();
-        if now >= next_scan || hup {
-            next_scan = now + interval;
-            let uptime_ms = started.elapsed().as_millis() as u64;
-            match scan(&mut session, &mut programs, hup, args, &log) {
-                Ok(s) => {
-                    let events = leaks.update(&s.report, uptime_ms);
-                    log_events(events, &session, args, &leaks, &log);
-                    for (reason, count, total) in drops.update(&s.drops) {
-                        log.log_values(
-                            Level::Warn,
-                            "measurements dropped",
-                            &[
-                                ("reason", reason.into()),
-                                ("count", count.into()),
-                                ("total", total.into()),
-                            ],
-                        );
-                    }
-                    // Names of programs neither attributed nor in the
-                    // ledger are not needed any more: bounded over churn.
-                    let keep: std::collections::BTreeSet<u32> = programs
-                        .ids()
-                        .chain(s.ledger_programs.iter().copied())
-                        .collect();
-                    session.names.retain(|id, _| keep.contains(id));
-                    state.last = Some(s.summary);
-                    state.last_error = None;
+        let r = match live.next(&signals) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => break signals.stopped().unwrap_or("stop").into(),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(r) => {
+                super::daemon::log_rescan(&r, &log);
+                programs = r.attribution.programs.len();
+                let uptime_ms = started.elapsed().as_millis() as u64;
+                let s = scan(&r, older_than_ns);
+                let events = leaks.update(&s.report, uptime_ms);
+                log_events(events, &live, args, &leaks, &log);
+                for (reason, count, total) in drops.update(&s.drops) {
+                    log.log_values(
+                        Level::Warn,
+                        "measurements dropped",
+                        &[
+                            ("reason", reason.into()),
+                            ("count", count.into()),
+                            ("total", total.into()),
+                        ],
+                    );
                 }
-                Err(e) => {
-                    state.scan_errors += 1;
-                    let msg = crate::error::one_line(&e);
-                    // The same failure every interval is logged once.
-                    if state.last_error.as_deref() != Some(msg.as_str()) {
-                        log.error("leak scan failed", &[("error", msg.clone())]);
-                        state.last_error = Some(msg);
-                    }
+                for e in &r.errors {
+                    log.error("reading", &[("error", e.clone())]);
                 }
-            }
-            if workload.as_ref().is_some_and(|w| w.finished()) {
-                if let Some(w) = workload.take() {
+                state.last = Some(s.summary);
+                state.last_error = None;
+                if r.workload_done {
                     // Its exact counts on stdout; the watch goes on.
-                    let mut out = std::io::stdout().lock();
-                    w.finish(&session, true, &mut out)?;
-                    out.flush().context("flush stdout")?;
+                    if let Some(expected) = live.workload_tally()? {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", session::workload_line(&expected, true))
+                            .context("write to stdout")?;
+                        out.flush().context("flush stdout")?;
+                    }
                     log.info("workload done", &[]);
                 }
             }
-            if args.exit_on_leak && leaks.leaked() {
-                break "leak (--exit-on-leak)".into();
+            Err(e) => {
+                state.scan_errors += 1;
+                let msg = crate::error::one_line(&e);
+                // The same failure every interval is logged once.
+                if state.last_error.as_deref() != Some(msg.as_str()) {
+                    log.error("leak scan failed", &[("error", msg.clone())]);
+                    state.last_error = Some(msg);
+                }
             }
+        }
+        if args.exit_on_leak && leaks.leaked() {
+            break "leak (--exit-on-leak)".into();
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break "--duration".into();
@@ -653,18 +586,19 @@ fn watch(args: &LeaksArgs) -> Result<()> {
             log.log_values(
                 Level::Info,
                 "summary",
-                &summary_fields(started, &programs, &leaks, &drops, &state),
+                &summary_fields(started, programs, &leaks, &drops, &state),
             );
         }
+        live.end_at(end.map_or(next_summary, |e| e.min(next_summary)));
     };
-    if let Some(w) = workload.take() {
+    if let Some(expected) = live.workload_tally()? {
         let mut out = std::io::stdout().lock();
-        w.finish(&session, true, &mut out)?;
+        writeln!(out, "{}", session::workload_line(&expected, true)).context("write to stdout")?;
         out.flush().context("flush stdout")?;
     }
-    let mut fields = summary_fields(started, &programs, &leaks, &drops, &state);
+    let mut fields = summary_fields(started, programs, &leaks, &drops, &state);
     // Dropping the session detaches every probe and program tracer.
-    drop(session);
+    drop(live);
     let leaked = args.exit_on_leak && leaks.leaked();
     fields.insert(0, ("reason", reason.into()));
     fields.insert(1, ("exit_code", if leaked { 5 } else { 0 }.into()));
@@ -694,57 +628,35 @@ struct ScanSummary {
     unmatched_releases: u64,
 }
 
-/// One scan's readings.
+/// One scan's findings.
 struct Scan {
     report: LeakReport,
     drops: crate::model::snapshot::Drops,
-    ledger_programs: Vec<u32>,
     summary: ScanSummary,
 }
 
-/// Rescans the programs, reads the ledger, the leak events and the
-/// counters, and builds the leak report.
-fn scan(
-    session: &mut Session,
-    programs: &mut Programs,
-    hup: bool,
-    args: &LeaksArgs,
-    log: &Logger,
-) -> Result<Scan> {
-    programs.rescan(session, hup, log);
-    let refs = session.probes.read_ledger()?;
-    let run_leaks = session.probes.take_events()?.run_leaks;
-    let snapshot = session.probes.read()?;
-    let report = LeakReport::build(
-        &refs,
-        run_leaks,
-        monotonic_ns(),
-        args.older_than.as_nanos() as u64,
-        &|id| session.program_name(id),
-    );
+/// The leak report, the losses and the summary figures of a reading.
+fn scan(r: &Reading, older_than_ns: u64) -> Scan {
+    let report = LeakReport::of(r, older_than_ns);
     // The loss counters since start, as `stat` computes them.
-    let drops = IntervalStats::compute(&snapshot, 1.0, &[], Grouping::Helper, &*session).drops;
-    let mut ledger_programs: Vec<u32> = refs.iter().map(|r| r.prog_id).collect();
-    ledger_programs.sort_unstable();
-    ledger_programs.dedup();
+    let drops = IntervalStats::compute(&r.snapshot, 1.0, &[], Grouping::Helper, r).drops;
     let summary = ScanSummary {
         outstanding_sockets: report.outstanding_sockets,
         leaked_sockets: report.leaked_sockets,
         leaked_references: report.leaked_references,
-        unmatched_releases: snapshot.counters.release_unmatched.iter().sum(),
+        unmatched_releases: r.snapshot.counters.release_unmatched.iter().sum(),
     };
-    Ok(Scan {
+    Scan {
         report,
         drops,
-        ledger_programs,
         summary,
-    })
+    }
 }
 
 /// The fields of the summary and stop lines.
 fn summary_fields(
     started: Instant,
-    programs: &Programs,
+    programs: usize,
     leaks: &LeakWatch,
     drops: &DropWatch,
     state: &WatchState,
@@ -757,7 +669,7 @@ fn summary_fields(
         .unwrap_or(0);
     vec![
         ("uptime_s", started.elapsed().as_secs().into()),
-        ("programs", programs.len().into()),
+        ("programs", programs.into()),
         ("outstanding_sockets", last.outstanding_sockets.into()),
         ("leaked_sockets", last.leaked_sockets.into()),
         ("leaked_references", last.leaked_references.into()),
@@ -792,18 +704,13 @@ fn summary_fields(
 /// (kallsyms read at most once per scan).
 fn log_events(
     events: Vec<WatchEvent>,
-    session: &Session,
+    live: &LiveSource,
     args: &LeaksArgs,
     leaks: &LeakWatch,
     log: &Logger,
 ) {
-    let mut ksyms: Option<Option<Ksyms>> = None;
     let mut stack_of = |id: i32| -> String {
-        let k = ksyms.get_or_insert_with(|| Ksyms::load().ok());
-        let (Some(k), Ok(frames)) = (k.as_ref(), session.probes.read_stack(id)) else {
-            return String::new();
-        };
-        let frames = trim_probe_frames(frames.iter().map(|&ip| k.resolve(ip)).collect());
+        let frames = live.stacks(&[id]).remove(&id).unwrap_or_default();
         frames
             .iter()
             .take(STACK_FRAMES_LOGGED)
@@ -910,21 +817,6 @@ fn group_fields(
 mod tests {
     use super::*;
 
-    #[test]
-    fn probe_frames_are_trimmed_up_to_the_helper() {
-        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let stack = f(&[
-            "bpf_prog_c3859c796672a197_exit_slow+0xaeb [bpf]",
-            "bpf_prog_4fc29c01a4aee229_fexit_bpf_tc_sk_lookup_tcp+0x44 [bpf]",
-            "bpf_trampoline_6442544087+0xc4 [bpf]",
-            "bpf_tc_sk_lookup_tcp+0x9",
-            "bpf_prog_10ac376ec6e46040_wl_tc_lookup+0x1b4 [bpf]",
-            "bpf_trampoline_154618822674+0x71 [bpf]",
-        ]);
-        assert_eq!(trim_probe_frames(stack.clone()), stack[3..].to_vec());
-        let kprobe = f(&["bpf_tc_sk_lookup_tcp+0x0", "bpf_prog_1_x+0x10 [bpf]"]);
-        assert_eq!(trim_probe_frames(kprobe.clone()), kprobe);
-    }
     use crate::model::ids::{Helper, SockClass};
     use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
 
@@ -940,7 +832,7 @@ mod tests {
         };
         let a = parse(&["--watch"]).unwrap();
         assert_eq!(a.log_format, LogFormat::Text);
-        assert_eq!((a.summary_interval, a.max_groups), (60.0, 1024));
+        assert_eq!((a.summary_interval, a.max_groups), (Duration::from_secs(60), 1024));
         assert!(!a.log_tuples && !a.exit_on_leak);
         let a = parse(&["2", "--watch", "--log-format", "json", "--max-groups", "5"]).unwrap();
         assert_eq!(
@@ -961,17 +853,6 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn ages_parse() {
-        assert_eq!(parse_age("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_age("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_age("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_age("250"), Ok(Duration::from_millis(250)));
-        assert!(parse_age("soon").is_err());
-        assert!(parse_age("-1s").is_err());
-        assert!(parse_age("1e9s").is_err());
     }
 
     #[test]
@@ -1003,9 +884,12 @@ mod tests {
             500_000_000,
             &|id| format!("tc_prog[{id}]"),
         );
-        let t = format_report(&r, 3.0);
+        let t = format_report(&r, 3.0, &Balance::of(1, 0, 0));
         assert!(
-            t.contains("1 sockets with references outstanding, 1 older than 500 ms (1 references)"),
+            t.contains(
+                "1 sockets with references outstanding, 1 older than 500 ms (1 references); \
+                 since start: acquired 1 \u{2192} 1 held at the reading"
+            ),
             "{t}"
         );
         assert!(

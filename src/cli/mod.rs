@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod bench_report;
-pub mod calibrate;
 pub mod check;
 pub mod daemon;
 pub mod export;
@@ -13,23 +12,16 @@ pub mod report;
 pub mod stat;
 pub mod top;
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::attrib::Attributor;
-use crate::bpf::probes::{LatencySample, ProbeKind, ProbeMode, ProbeOptions, Probes};
-use crate::error::{SkprofError, EXIT_CODES_HELP};
-use crate::kernel::{self, KernelFunctions, Privileges};
+use crate::bpf::probes::{LatencySample, ProbeMode};
+use crate::error::EXIT_CODES_HELP;
 use crate::model::ids::Family;
-use crate::model::snapshot::{ProgramRef, UNATTRIBUTED};
-use crate::workload::{Workload, WorkloadArgs, WorkloadOpts};
+use crate::session::{SessionOptions, WorkloadOptions};
+use crate::workload::WorkloadArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -159,10 +151,6 @@ pub struct SessionArgs {
     /// counted as drops).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series: u32,
-    /// Whether the probes read each call's netns and interface: set by the
-    /// command (stat --by netns|interface, top, record), not a flag.
-    #[arg(skip)]
-    pub places: bool,
     /// Also run the built-in workload in the background, so there is
     /// something to see on an idle machine.
     #[arg(long)]
@@ -178,9 +166,9 @@ pub struct SessionArgs {
     /// Workload: target lookups per second, all cases together.
     #[arg(long, default_value_t = 2000.0, requires = "workload")]
     pub workload_rate: f64,
-    /// Workload: seconds to run, then the command ends.
-    #[arg(long, value_parser = parse_interval, requires = "workload")]
-    pub workload_duration: Option<f64>,
+    /// Workload: how long to run, then the command ends (e.g. 30s, 2m).
+    #[arg(long, value_parser = crate::duration::positive, requires = "workload")]
+    pub workload_duration: Option<Duration>,
     /// Workload: load this many copies of its programs and run them one
     /// after the other (several programs calling the same helpers).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16), requires = "workload")]
@@ -188,6 +176,39 @@ pub struct SessionArgs {
     /// Workload: program families to drive (default: all).
     #[arg(long, value_enum, value_delimiter = ',', requires = "workload")]
     pub workload_family: Vec<FamilyArg>,
+}
+
+impl SessionArgs {
+    /// The session's options (the command sets `places` and `ledger_trace`
+    /// where it needs them).
+    pub fn options(&self) -> SessionOptions {
+        SessionOptions {
+            probe_mode: self.probe_mode,
+            ledger: !self.no_ledger,
+            attribution: !self.no_attribution,
+            attribute_by: match self.attribute_by {
+                AttributeBy::Auto => crate::session::AttributeBy::Auto,
+                AttributeBy::Trace => crate::session::AttributeBy::Trace,
+                AttributeBy::Stack => crate::session::AttributeBy::Stack,
+            },
+            calibrate: self.calibrate,
+            latency_sample: self.latency_sample,
+            max_programs: self.max_programs,
+            stacks: self.stacks,
+            ledger_size: self.ledger_size,
+            max_series: self.max_series,
+            places: false,
+            ledger_trace: false,
+            workload: self.workload.then(|| WorkloadOptions {
+                count: self.workload_count,
+                rounds: self.workload_rounds,
+                rate: self.workload_rate,
+                duration: self.workload_duration,
+                copies: self.workload_copies,
+                families: self.workload_family.iter().map(|&f| f.into()).collect(),
+            }),
+        }
+    }
 }
 
 /// `--workload-family` values.
@@ -219,384 +240,6 @@ pub fn parse_interval(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("'{s}' is out of range (0.01 to 86400 seconds)"))
     }
-}
-
-/// Sets `stop` on SIGINT and SIGTERM, so the command can end cleanly and
-/// its links detach (SIGKILL needs nothing: the kernel closes the fds).
-pub fn install_stop_signals(stop: &Arc<AtomicBool>) -> Result<()> {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(stop))
-            .with_context(|| format!("install handler for signal {sig}"))?;
-    }
-    Ok(())
-}
-
-/// A tracing session: what the kernel offers and the attached probes.
-pub struct Session {
-    pub funcs: KernelFunctions,
-    pub probes: Probes,
-    pub kernel: String,
-    /// Traces the programs that call the helpers; `None` when attribution
-    /// is off or impossible (kprobe mode: tracing BPF programs needs
-    /// fentry/fexit).
-    pub attrib: Option<Attributor>,
-    /// Why attribution is off, when it is.
-    pub attrib_off: Option<String>,
-    /// Names of every program traced so far, by id (they outlive the
-    /// program, for reports about references it took).
-    pub names: BTreeMap<u32, String>,
-    /// What the probes cost per lookup, with `--calibrate`.
-    pub overhead: Option<calibrate::Overhead>,
-}
-
-impl Session {
-    pub fn start(args: &SessionArgs) -> Result<Session> {
-        Session::start_traced(args, false)
-    }
-
-    /// With `ledger_trace`, every ledger step goes through the ring buffer
-    /// (`leaks --trace`).
-    pub fn start_traced(args: &SessionArgs, ledger_trace: bool) -> Result<Session> {
-        let privs = Privileges::current();
-        if !privs.sufficient() {
-            return Err(SkprofError::Privileges(
-                "tracing needs root, or CAP_BPF and CAP_PERFMON: run with sudo".into(),
-            )
-            .into());
-        }
-        let funcs = KernelFunctions::discover();
-        let opts = ProbeOptions {
-            ledger: !args.no_ledger,
-            ledger_size: args.ledger_size,
-            max_series: args.max_series,
-            ledger_stacks: args.stacks,
-            ledger_trace,
-            places: args.places,
-            sampling: args.latency_sample,
-        };
-        // Calibration times the workload before and after the probes
-        // attach; a failure costs only the figure.
-        let calibration = if args.calibrate {
-            match calibrate::Calibration::untraced() {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let probes = Probes::load(args.probe_mode, &funcs, &opts)?;
-        let overhead = calibration.and_then(|c| match c.traced() {
-            Ok(o) => Some(o),
-            Err(e) => {
-                eprintln!("skprof: no overhead figure: {}", crate::error::one_line(&e));
-                None
-            }
-        });
-        let kprobes = probes.kind() != ProbeKind::Fentry;
-        let (attrib, attrib_off) = match args.attribute_by {
-            _ if args.no_attribution => (None, Some("--no-attribution".to_string())),
-            AttributeBy::Trace if kprobes => {
-                return Err(SkprofError::Usage(
-                    "--attribute-by trace needs fentry/fexit (tracing BPF programs); \
-                     this session uses kprobes: use --attribute-by stack or auto"
-                        .into(),
-                )
-                .into())
-            }
-            // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
-            by => {
-                let mut a = Attributor::new(
-                    args.max_programs as usize,
-                    kprobes || by == AttributeBy::Stack,
-                );
-                a.set_trace(ledger_trace);
-                (Some(a), None)
-            }
-        };
-        let mut session = Session {
-            funcs,
-            probes,
-            kernel: kernel::release(),
-            attrib,
-            attrib_off,
-            names: BTreeMap::new(),
-            overhead,
-        };
-        session.refresh_programs()?;
-        Ok(session)
-    }
-
-    /// How a program slot is shown.
-    fn program_ref(&self, slot: u32) -> ProgramRef {
-        match self.attrib.as_ref().and_then(|a| a.by_slot(slot)) {
-            Some(p) if slot != UNATTRIBUTED => ProgramRef {
-                slot,
-                id: p.id,
-                name: p.name.clone(),
-            },
-            _ => ProgramRef {
-                slot,
-                id: 0,
-                name: if slot == UNATTRIBUTED {
-                    "(not traced)".into()
-                } else {
-                    format!("slot {slot} (gone)")
-                },
-            },
-        }
-    }
-
-    pub fn program(&self, slot: u32) -> ProgramRef {
-        self.program_ref(slot)
-    }
-
-    /// Traces programs loaded since the last call and lets go of those that
-    /// went away; returns the freed program slots, whose aggregates are
-    /// deleted in the kernel (callers forget them in their baselines too).
-    /// If attribution fails it is switched off with the reason shown, and
-    /// tracing goes on unattributed.
-    pub fn refresh_programs(&mut self) -> Result<Vec<u32>> {
-        let Some(attrib) = self.attrib.as_mut() else {
-            return Ok(Vec::new());
-        };
-        match attrib.rescan(self.probes.shared_maps()) {
-            Ok(report) => {
-                for p in &report.attached {
-                    self.names.insert(p.id, p.name.clone());
-                }
-                if !report.attached.is_empty() || !report.detached.is_empty() {
-                    self.probes.set_runs_in_use(
-                        attrib
-                            .programs()
-                            .any(|p| p.method == crate::attrib::Method::Trace),
-                    )?;
-                    let over = self.probes.set_jit_ranges(&attrib.jit_ranges())?;
-                    if over > 0 {
-                        eprintln!(
-                            "skprof: {over} JIT images of stack-attributed programs do not fit \
-                             the table; their calls count as not traced"
-                        );
-                    }
-                }
-                self.probes.forget_slots(&report.freed_slots)?;
-                Ok(report.freed_slots)
-            }
-            Err(e) => {
-                self.attrib = None;
-                self.attrib_off = Some(crate::error::one_line(&e));
-                Ok(Vec::new())
-            }
-        }
-    }
-
-    /// How a program id is shown.
-    pub fn program_name(&self, id: u32) -> String {
-        match self.names.get(&id) {
-            _ if id == 0 => "(not traced)".into(),
-            Some(name) => format!("{name}[{id}]"),
-            None => format!("prog {id}"),
-        }
-    }
-
-    pub fn banner(&self) -> String {
-        let p = &self.probes;
-        let kind = match p.kind() {
-            ProbeKind::Fentry => "fentry/fexit",
-            ProbeKind::Kprobe => "kprobe/kretprobe",
-        };
-        let mut s = format!(
-            "Tracing {} helper functions and bpf_sk_release with {kind} on {} ({} programs). Ctrl-C to end.",
-            p.helpers().len(),
-            self.kernel,
-            p.attached()
-        );
-        match (&self.attrib, &self.attrib_off) {
-            (Some(a), _) => {
-                s += &format!(
-                    "\nAttributing calls to {} BPF programs that call the helpers",
-                    a.programs().count()
-                );
-                let by_stack: Vec<_> = a
-                    .programs()
-                    .filter(|p| p.method == crate::attrib::Method::Stack)
-                    .collect();
-                if !by_stack.is_empty() {
-                    s += &format!(
-                        " ({} by kernel stack: no per-run leak check",
-                        by_stack.len()
-                    );
-                    // Why tracing was refused, once (it is the same reason
-                    // for every program more often than not).
-                    if let Some((p, why)) = by_stack
-                        .iter()
-                        .find_map(|p| p.fallback.as_ref().map(|w| (p, w)))
-                    {
-                        s += &format!("; {} not traced: {why}", p.name);
-                    }
-                    s += ")";
-                }
-                let untraceable = a.untraceable().len();
-                if untraceable > 0 {
-                    s += &format!(" ({untraceable} cannot be attributed)");
-                }
-            }
-            (None, Some(why)) => s += &format!("\nNo per-program attribution: {why}"),
-            (None, None) => {}
-        }
-        if let Some(why) = &p.fallback_reason {
-            s += &format!("\nfentry unavailable, using kprobes: {why}");
-        }
-        if let Some(o) = &self.overhead {
-            s += &format!(
-                "\nskprof's probes add about {:.0} ns per lookup here (--calibrate: {:.0} ns per \
-                 untraced tc run)",
-                o.ns_per_lookup, o.untraced_ns
-            );
-        }
-        s
-    }
-}
-
-/// The built-in workload running in a background thread.
-pub struct WorkloadRunner {
-    handle: JoinHandle<Result<crate::workload::Tally>>,
-    done: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl WorkloadRunner {
-    /// Sets the workload up (errors surface here, before any interval) and
-    /// starts it. `None` without `--workload`.
-    pub fn start(args: &SessionArgs, session: &mut Session) -> Result<Option<WorkloadRunner>> {
-        if !args.workload {
-            return Ok(None);
-        }
-        let families: Vec<Family> = if args.workload_family.is_empty() {
-            vec![Family::Generic, Family::Tc, Family::Xdp, Family::SockAddr]
-        } else {
-            args.workload_family.iter().map(|&f| f.into()).collect()
-        };
-        let opts = WorkloadOpts {
-            count: args.workload_count,
-            rounds: args.workload_rounds,
-            rate: Some(args.workload_rate),
-            duration: args.workload_duration.map(Duration::from_secs_f64),
-            families,
-        };
-        let done = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let (done2, stop2) = (Arc::clone(&done), Arc::clone(&stop));
-        let copies = args.workload_copies;
-        let handle = std::thread::Builder::new()
-            .name("skprof-workload".into())
-            .spawn(move || {
-                let set_up: Result<Vec<Workload>> =
-                    (0..copies).map(|_| Workload::setup(&opts)).collect();
-                let result = match set_up {
-                    Ok(mut ws) => {
-                        let _ = ready_tx.send(Ok(()));
-                        // Wait until the session traces the workload's
-                        // programs, so every call is attributed.
-                        let _ = go_rx.recv();
-                        // Copies one after the other: each its own programs
-                        // calling the same helpers.
-                        let mut total = crate::workload::Tally::default();
-                        let mut result = Ok(());
-                        for w in &mut ws {
-                            match w.run(&stop2) {
-                                Ok(t) => total.merge(&t),
-                                Err(e) => {
-                                    result = Err(e);
-                                    break;
-                                }
-                            }
-                        }
-                        result.map(|()| total)
-                    }
-                    Err(e) => {
-                        let msg = format!("{e:#}");
-                        let _ = ready_tx.send(Err(e));
-                        Err(anyhow!(msg))
-                    }
-                };
-                done2.store(true, Ordering::Relaxed);
-                result
-            })
-            .context("start the workload thread")?;
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow!("the workload thread ended during setup"))?
-            .context("set up the built-in workload")?;
-        // Its programs are loaded now: trace them before it starts.
-        let traced = session.refresh_programs();
-        let _ = go_tx.send(());
-        traced?;
-        Ok(Some(WorkloadRunner { handle, done, stop }))
-    }
-
-    pub fn finished(&self) -> bool {
-        self.done.load(Ordering::Relaxed)
-    }
-
-    /// Stops the workload and returns what it did.
-    pub fn join(self) -> Result<crate::workload::Tally> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .map_err(|_| anyhow!("the workload thread panicked"))?
-            .context("built-in workload")
-    }
-
-    /// Stops the workload and reports what it did: in JSON mode one line
-    /// `{"type":"workload","expected":...}` with its exact counts per helper
-    /// function, for comparison with the probes' figures.
-    pub fn finish(self, session: &Session, json: bool, out: &mut impl Write) -> Result<()> {
-        let tally = self.join()?;
-        let expected = tally.by_helper(session.funcs.has_tc_variants());
-        if json {
-            let line = serde_json::json!({"type": "workload", "expected": expected});
-            writeln!(out, "{line}").context("write to stdout")?;
-        } else {
-            writeln!(out, "\nworkload: {} lookups done", tally.total_calls())
-                .context("write to stdout")?;
-        }
-        Ok(())
-    }
-}
-
-impl crate::model::snapshot::Labels for Session {
-    fn program(&self, slot: u32) -> ProgramRef {
-        self.program_ref(slot)
-    }
-
-    /// Interface names are per namespace: only those of skprof's own
-    /// namespace can be named from here.
-    fn interface(&self, netns: u32, ifindex: u32) -> Option<String> {
-        use std::os::unix::fs::MetadataExt;
-        let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
-        if u64::from(netns) != own {
-            return None;
-        }
-        interface_name(ifindex)
-    }
-}
-
-/// The name of interface `ifindex` in this network namespace (sysfs shows
-/// the namespace it was mounted from, which is ours).
-fn interface_name(ifindex: u32) -> Option<String> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .find(|e| {
-            std::fs::read_to_string(e.path().join("ifindex"))
-                .is_ok_and(|s| s.trim().parse() == Ok(ifindex))
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

@@ -1,17 +1,17 @@
 //! `skprof stat`: a periodic table (or JSON lines) per helper function.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{Session, WorkloadRunner};
 use crate::bpf::probes::ProbeKind;
 use crate::model::hist::Percentiles;
 use crate::model::snapshot::{Grouping, HelperStats, IntervalStats, ProgramRef};
+use crate::model::window::Window;
+use crate::model::words;
+use crate::session::{self, LiveSource, Signals};
 
 /// Latency units of the table (`--units`). JSON is always in ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,63 +62,43 @@ struct JsonInterval<'a> {
 }
 
 pub fn run(args: &StatArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    super::install_stop_signals(&stop)?;
+    let signals = Signals::install()?;
+    let mut opts = args.session.options();
     // Where each call happened is read only when the rows are places.
-    let mut session_args = args.session.clone();
-    session_args.places = matches!(args.by, Grouping::Netns | Grouping::Interface);
-    let mut session = Session::start(&session_args)?;
-    // The baseline comes first: the workload starts running as soon as it
-    // is set up, and its first lookups must fall inside the first interval.
-    let mut base = session.probes.read()?;
-    let mut workload = WorkloadRunner::start(&args.session, &mut session)?;
+    opts.places = matches!(args.by, Grouping::Netns | Grouping::Interface);
+    let mut live = LiveSource::start(&opts, Duration::from_secs_f64(args.interval))?;
+    let info = live.info();
     let mut out = std::io::stdout().lock();
-    if !args.json {
-        writeln!(out, "{}", session.banner()).context("write to stdout")?;
+    let attribution = live.session().attribution();
+    if args.json {
+        writeln!(out, "{}", session::start_line(&info, &attribution)).context("write to stdout")?;
+    } else {
+        writeln!(out, "{}", session::banner(&info, &attribution)).context("write to stdout")?;
     }
-
-    let mut prev = base.clone();
-    let started = Instant::now();
-    let mut last = Instant::now();
+    out.flush().context("flush stdout")?;
+    let mut window = Window::default();
+    let mut started_ns = None;
     let mut n = 0u64;
-    loop {
-        let deadline = last + Duration::from_secs_f64(args.interval);
-        let mut workload_done = false;
-        while Instant::now() < deadline {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if workload.as_ref().is_some_and(|w| w.finished()) {
-                workload_done = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
-        }
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        // The workload's lookups are synchronous: once its thread is done,
-        // the maps hold every one of them.
-        let cur = session.probes.read()?;
-        let now = Instant::now();
-        let (delta, secs) = if args.cumulative {
-            (cur.delta(&base), now.duration_since(started).as_secs_f64())
-        } else {
-            (cur.delta(&prev), now.duration_since(last).as_secs_f64())
+    while let Some(r) = live.next(&signals)? {
+        let started = *started_ns.get_or_insert(r.mono_ns());
+        // The first reading is the baseline.
+        let Some(step) = window.push(r.snapshot.clone(), &r.freed_slots) else {
+            continue;
         };
-        let stats =
-            IntervalStats::compute(&delta, secs, session.probes.helpers(), args.by, &session);
+        let step = if args.cumulative {
+            window.since_first().unwrap_or(step)
+        } else {
+            step
+        };
+        let stats = IntervalStats::compute(&step.delta, step.secs, &info.helpers, args.by, &r);
         if args.json {
             let line = JsonInterval {
                 kind: "interval",
-                unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis(),
-                elapsed_s: now.duration_since(started).as_secs_f64(),
-                probe_mode: session.probes.kind(),
+                unix_ms: r.unix_ms as u128,
+                elapsed_s: r.mono_ns().saturating_sub(started) as f64 / 1e9,
+                probe_mode: live.session().probes.kind(),
                 cumulative: args.cumulative,
-                overhead_ns_per_lookup: session.overhead.map(|o| o.ns_per_lookup),
+                overhead_ns_per_lookup: info.probe_ns_per_lookup,
                 stats: &stats,
             };
             serde_json::to_writer(&mut out, &line).context("write JSON")?;
@@ -132,21 +112,19 @@ pub fn run(args: &StatArgs) -> Result<()> {
             .context("write to stdout")?;
         }
         out.flush().context("flush stdout")?;
-        prev = cur;
-        last = now;
-        // After reporting: a program that went away in this interval was
-        // still counted in it; from now on its slot starts from zero.
-        let freed = session.refresh_programs()?;
-        base.forget_slots(&freed);
-        prev.forget_slots(&freed);
         n += 1;
-        if workload_done || args.count.is_some_and(|c| n >= c) {
+        if r.workload_done || args.count.is_some_and(|c| n >= c) {
             break;
         }
+        // The last reading comes after the workload stopped and its traffic
+        // drained, so it holds every call the workload's line counts.
+        if args.count.is_some_and(|c| n + 1 >= c) {
+            live.last_reading_next();
+        }
     }
-    if let Some(w) = workload.take() {
-        stop.store(true, Ordering::Relaxed);
-        w.finish(&session, args.json, &mut out)?;
+    if let Some(expected) = live.workload_tally()? {
+        writeln!(out, "{}", session::workload_line(&expected, args.json))
+            .context("write to stdout")?;
     }
     Ok(())
 }
@@ -164,16 +142,7 @@ fn fmt_lat(ns: u64, units: Units) -> String {
 }
 
 fn program_label(p: &ProgramRef) -> String {
-    let label = if p.id == 0 {
-        p.name.clone()
-    } else {
-        format!("{}[{}]", p.name, p.id)
-    };
-    if label.chars().count() > 24 {
-        format!("{}…", label.chars().take(23).collect::<String>())
-    } else {
-        label
-    }
+    words::truncate(&words::program_label(p), 24)
 }
 
 /// What the first column says for a row of `--by program|netns|interface`.
@@ -251,30 +220,15 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
     let rel = &s.release;
     t += &format!(
         "bpf_sk_release: {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} \u{2192} {}\n",
-        rel.calls,
-        rel.dropped,
-        rel.noop,
-        rel.null,
-        s.acquired,
-        // Per interval the two differ by the references held across the
-        // interval's edges (and read at slightly different instants);
-        // `skprof leaks` is the balance check.
-        if s.acquired == rel.dropped {
-            "balanced".to_string()
-        } else {
-            format!(
-                "released {:+} (in flight at the interval edges)",
-                rel.dropped as i128 - s.acquired as i128
-            )
-        }
+        rel.calls, rel.dropped, rel.noop, rel.null, s.acquired, s.balance.text
     );
-    if rel.hold_ns.count > 0 || rel.unmatched > 0 {
+    if rel.hold_ns.count > 0 {
         t += &format!(
-            "references held: p50 {} p99 {} max {} {u}; {} released without a traced acquire\n",
+            "{}: p50 {} p99 {} max {} {u}\n",
+            words::hold_coverage(rel.hold_ns.count, s.balance.released),
             fmt_lat(rel.hold_ns.p50, units),
             fmt_lat(rel.hold_ns.p99, units),
             fmt_lat(rel.hold_ns.max, units),
-            rel.unmatched
         );
     }
     let d = &s.drops;
@@ -358,7 +312,8 @@ mod tests {
         assert_eq!(tc[7], "4.00", "max is exact");
         assert!(
             lines[5].contains("3 dropped a reference")
-                && lines[5].contains("released -1 (in flight")
+                && lines[5].ends_with("acquired 4 \u{2192} 1 held at the reading"),
+            "{t}"
         );
         assert!(lines[6].starts_with("DROPS: 2 unmatched exits"));
     }

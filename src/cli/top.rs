@@ -7,8 +7,7 @@ use anyhow::Result;
 
 use crate::error::SkprofError;
 use crate::model::snapshot::Grouping;
-use crate::tui::collector::{LiveSource, Source};
-use crate::tui::replay::ReplaySource;
+use crate::session::{LiveSource, ReplaySource, Source};
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -43,9 +42,7 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(mut args: TopArgs) -> Result<()> {
-    // `g` regroups by netns and interface at any time.
-    args.session.places = true;
+pub fn run(args: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(SkprofError::Usage(
             "skprof top needs a terminal; for text or JSON output use skprof stat".into(),
@@ -53,10 +50,14 @@ pub fn run(mut args: TopArgs) -> Result<()> {
         .into());
     }
     let grouping = args.by;
+    let mut opts = args.session.options();
+    // `g` regroups by netns and interface at any time.
+    opts.places = true;
+    let interval = std::time::Duration::from_secs_f64(args.interval);
     let make = move || -> Result<Box<dyn Source>> {
         match &args.replay {
             Some(path) => Ok(Box::new(ReplaySource::open(path, args.speed)?)),
-            None => Ok(Box::new(LiveSource::start(&args.session, args.interval)?)),
+            None => Ok(Box::new(LiveSource::start(&opts, interval)?)),
         }
     };
     crate::tui::run(make, grouping)

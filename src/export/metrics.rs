@@ -18,7 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::bpf::probes::ProbeKind;
 use crate::model::hist::{slot_range, LogHist};
 use crate::model::ids::{Helper, Outcome, SockClass};
-use crate::model::ledger::{state_name, OutstandingRef, RunLeak};
+use crate::model::ledger::{state_name, OutstandingRef};
 use crate::model::snapshot::{Cell, ProgramRef, Snapshot};
 
 /// Exponents of the finite histogram bucket bounds, in ns: 2^7 (128 ns) to
@@ -111,24 +111,22 @@ pub struct Calibration {
     pub source: String,
 }
 
-/// One collection: everything the exporter shows, read at one instant.
+/// One collection: the session's reading, with what the exporter shows of
+/// the session and of skprof itself.
 #[derive(Debug, Clone, Default)]
 pub struct Reading {
-    /// Cumulative aggregates, with the slots of programs that went away
-    /// already forgotten.
-    pub snapshot: Snapshot,
-    /// Who each program slot of the snapshot is.
-    pub programs: BTreeMap<u32, ProgramRef>,
-    /// Program names by kernel id (for ledger entries and run leaks).
-    pub names: BTreeMap<u32, String>,
-    /// The ledger's content; `None` when it is off (`--no-ledger`).
-    pub ledger: Option<Vec<OutstandingRef>>,
-    /// CLOCK_MONOTONIC ns of the ledger reading (ages are measured to it).
-    pub now_ns: u64,
-    /// Run leaks delivered since the previous reading.
-    pub run_leaks: Vec<RunLeak>,
+    /// The session's reading (`freed` slots are passed apart to
+    /// [`Exporter::update`]: the ones let go right after it).
+    pub reading: crate::model::reading::Reading,
     pub probe: ProbeInfo,
     pub self_stats: SelfStats,
+}
+
+impl Reading {
+    /// CLOCK_MONOTONIC ns of the ledger scan (ages are measured to it).
+    pub fn now_ns(&self) -> u64 {
+        self.reading.ledger.as_ref().map_or(0, |l| l.now_ns)
+    }
 }
 
 /// Exporter options (flags of `skprof export`).
@@ -235,12 +233,12 @@ impl Exporter {
         self.gone.retain(|g| g.until > readings);
         for &slot in freed_slots {
             let mut cells: BTreeMap<(Helper, Outcome), Cell> = BTreeMap::new();
-            for (k, c) in &r.snapshot.cells {
+            for (k, c) in &r.reading.snapshot.cells {
                 if k.prog == slot && self.admitted.contains(&(k.prog, k.helper, k.outcome)) {
                     cells.entry((k.helper, k.outcome)).or_default().merge(c);
                 }
             }
-            let Some(prog) = r.programs.get(&slot).cloned() else {
+            let Some(prog) = r.reading.programs.get(&slot).cloned() else {
                 continue;
             };
             if cells.is_empty() || self.opts.keep_gone == 0 {
@@ -251,25 +249,25 @@ impl Exporter {
                 slot: GONE_SLOTS | (self.gone_seq & (GONE_SLOTS - 1)),
                 prog,
                 cells,
-                hold: r.snapshot.holds.get(&slot).cloned(),
+                hold: r.reading.snapshot.holds.get(&slot).cloned(),
                 until: readings + self.opts.keep_gone,
             });
         }
         // The last interval's overflows of the programs going away count.
         let mut prev = self.prev.take().unwrap_or_default();
-        let d = r.snapshot.delta(&prev);
+        let d = r.reading.snapshot.delta(&prev);
         self.overflow_total += d.cells.values().map(|c| c.hist.overflow).sum::<u64>();
-        r.snapshot.forget_slots(freed_slots);
+        r.reading.snapshot.forget_slots(freed_slots);
         for slot in freed_slots {
-            r.programs.remove(slot);
+            r.reading.programs.remove(slot);
         }
-        prev = r.snapshot.clone();
+        prev = r.reading.snapshot.clone();
         self.prev = Some(prev);
 
         self.admitted.retain(|k| !freed_slots.contains(&k.0));
         self.refused.retain(|k| !freed_slots.contains(&k.0));
         let cost = label_set_cost();
-        for k in r.snapshot.cells.keys() {
+        for k in r.reading.snapshot.cells.keys() {
             let label = (k.prog, k.helper, k.outcome);
             if self.admitted.contains(&label) {
                 continue;
@@ -284,6 +282,7 @@ impl Exporter {
         // Label sets whose cells are gone (a freed slot the caller did not
         // name, e.g. attribution switched off) are let go too.
         let live: BTreeSet<CellLabel> = r
+            .reading
             .snapshot
             .cells
             .keys()
@@ -292,14 +291,14 @@ impl Exporter {
         self.admitted.retain(|k| live.contains(k));
         self.refused.retain(|k| live.contains(k));
 
-        for l in &r.run_leaks {
+        for l in &r.reading.run_leaks {
             *self
                 .run_leaks
                 .entry((l.prog_id, l.reference.helper))
                 .or_default() += 1;
         }
         // Programs that went away leave the output with their run leaks.
-        let live_ids: BTreeSet<u32> = r.programs.values().map(|p| p.id).collect();
+        let live_ids: BTreeSet<u32> = r.reading.programs.values().map(|p| p.id).collect();
         self.run_leaks
             .retain(|(id, _), _| *id == 0 || live_ids.contains(id));
     }
@@ -311,7 +310,7 @@ impl Exporter {
             if let Some(g) = self.gone.iter().find(|g| g.slot == slot) {
                 return g.prog.clone();
             }
-            r.programs.get(&slot).cloned().unwrap_or(ProgramRef {
+            r.reading.programs.get(&slot).cloned().unwrap_or(ProgramRef {
                 slot,
                 id: 0,
                 name: if slot == 0 {
@@ -327,7 +326,7 @@ impl Exporter {
         // Cells merged over network namespaces and interfaces, per admitted
         // (program, helper, outcome).
         let mut merged: BTreeMap<CellLabel, Cell> = BTreeMap::new();
-        for (k, c) in &r.snapshot.cells {
+        for (k, c) in &r.reading.snapshot.cells {
             let label = (k.prog, k.helper, k.outcome);
             if self.admitted.contains(&label) {
                 merged.entry(label).or_default().merge(c);
@@ -392,13 +391,13 @@ impl Exporter {
             .gone
             .iter()
             .filter_map(|g| g.hold.as_ref().map(|h| (&g.slot, h)));
-        for (slot, h) in r.snapshot.holds.iter().chain(gone_holds) {
+        for (slot, h) in r.reading.snapshot.holds.iter().chain(gone_holds) {
             if admitted_slots.contains(slot) {
                 holds.push(plabels(&prog(*slot)), histogram(h));
             }
         }
 
-        let c = &r.snapshot.counters;
+        let c = &r.reading.snapshot.counters;
         let class_family = |name, help, a: &[u64; SockClass::COUNT]| {
             let mut f = Family::new(name, help, None, MetricType::Counter);
             for class in SockClass::ALL {
@@ -441,21 +440,12 @@ impl Exporter {
                 ref_keys.insert((p.id, helper), p.name);
             }
         }
-        let name_of = |id: u32| -> String {
-            if id == 0 {
-                "(not traced)".into()
-            } else {
-                r.names
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("prog {id}"))
-            }
-        };
+        let name_of = |id: u32| -> String { r.reading.program_name(id) };
         let mut outstanding: BTreeMap<(u32, Helper), (u64, u64)> = BTreeMap::new();
         let mut total = (0u64, 0u64, 0u64);
         let mut leaked_refs: Vec<&OutstandingRef> = Vec::new();
-        if let Some(ledger) = &r.ledger {
-            for x in ledger {
+        if let Some(ledger) = &r.reading.ledger {
+            for x in &ledger.refs {
                 ref_keys
                     .entry((x.prog_id, x.helper))
                     .or_insert_with(|| name_of(x.prog_id));
@@ -463,7 +453,7 @@ impl Exporter {
                 e.0 += u64::from(x.count);
                 total.0 += u64::from(x.count);
                 total.1 += 1;
-                if r.now_ns.saturating_sub(x.acquired_ns) >= self.opts.older_than_ns {
+                if r.now_ns().saturating_sub(x.acquired_ns) >= self.opts.older_than_ns {
                     e.1 += u64::from(x.count);
                     total.2 += u64::from(x.count);
                     leaked_refs.push(x);
@@ -497,7 +487,7 @@ impl Exporter {
                 ("prog_id", id.to_string()),
                 ("helper", helper.function().to_string()),
             ];
-            if r.ledger.is_some() {
+            if r.reading.ledger.is_some() {
                 let (o, lk) = outstanding
                     .get(&(*id, *helper))
                     .copied()
@@ -520,7 +510,7 @@ impl Exporter {
             Some(Unit::Seconds),
             MetricType::Gauge,
         );
-        if r.ledger.is_some() {
+        if r.reading.ledger.is_some() {
             for (what, v) in [
                 ("references", total.0),
                 ("sockets", total.1),
@@ -549,7 +539,7 @@ impl Exporter {
                         ("tuple", x.tuple.to_string()),
                         ("netns", x.netns.to_string()),
                     ],
-                    Value::Gauge(r.now_ns.saturating_sub(x.acquired_ns) as f64 / 1e9),
+                    Value::Gauge(r.now_ns().saturating_sub(x.acquired_ns) as f64 / 1e9),
                 );
             }
         }
@@ -563,7 +553,7 @@ impl Exporter {
         for (reason, v) in [
             ("unmatched_exit", c.unmatched_exit.iter().sum::<u64>()),
             ("evicted_entry", c.evicted_entry.iter().sum()),
-            ("recursion_miss", r.snapshot.recursion_misses),
+            ("recursion_miss", r.reading.snapshot.recursion_misses),
             ("latency_overflow", self.overflow_total),
             ("series_full", c.hists_full),
             ("ledger_full", c.ledger_full),

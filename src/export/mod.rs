@@ -127,17 +127,22 @@ pub(crate) mod tests {
         let young = reference(1, 101, 1, now, 80);
         let old = reference(2, 101, 2000, now, 81);
         Reading {
-            snapshot: s,
-            names: [(101, "tc_steer".to_string()), (102, "xdp_fwd".to_string())].into(),
-            programs,
-            ledger: Some(vec![young, old.clone()]),
-            now_ns: now,
-            run_leaks: vec![RunLeak {
-                ts_ns: now,
-                prog_id: 101,
-                prog_name: String::new(),
-                reference: old,
-            }],
+            reading: crate::model::reading::Reading {
+                snapshot: s,
+                names: [(101, "tc_steer".to_string()), (102, "xdp_fwd".to_string())].into(),
+                programs,
+                ledger: Some(crate::model::ledger::LedgerScan {
+                    now_ns: now,
+                    refs: vec![young, old.clone()],
+                }),
+                run_leaks: vec![RunLeak {
+                    ts_ns: now,
+                    prog_id: 101,
+                    prog_name: String::new(),
+                    reference: old,
+                }],
+                ..Default::default()
+            },
             probe: ProbeInfo {
                 mode: "fentry".into(),
                 kernel: "6.12.0-test".into(),
@@ -447,7 +452,7 @@ pub(crate) mod tests {
 
         // Program slot 1 goes away: its series leave, the refused one is
         // admitted.
-        r.run_leaks.clear();
+        r.reading.run_leaks.clear();
         e.update(&mut r, &[1]);
         assert_eq!(e.refused(), 0);
         let after = names(&e, &r);
@@ -464,10 +469,10 @@ pub(crate) mod tests {
     fn overflows_accumulate_across_programs_going_away() {
         let mut r = sample_reading();
         let k = key(2, Helper::XdpSkLookupUdp, Outcome::Hit, 1);
-        r.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 2;
+        r.reading.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 2;
         let mut e = Exporter::new(ExportOptions::default());
         e.update(&mut r, &[]);
-        r.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 3;
+        r.reading.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 3;
         e.update(&mut r, &[]);
         // Slot 2 goes away: its cell (and overflow count) with it.
         e.update(&mut r, &[2]);
@@ -500,8 +505,8 @@ pub(crate) mod tests {
         );
         assert_eq!(gauge(age), 2.0);
         // Three leaked references, one exported.
-        let now = r.now_ns;
-        if let Some(l) = r.ledger.as_mut() {
+        let now = r.now_ns();
+        if let Some(l) = r.reading.ledger.as_mut().map(|l| &mut l.refs) {
             l.push(reference(3, 101, 900, now, 82));
             l.push(reference(4, 102, 700, now, 83));
         }
@@ -552,6 +557,7 @@ pub(crate) mod tests {
         assert_eq!(calls_of(&e, &r, "tc_steer"), Some(6.0));
         // Slot 1 made one more call, then its program went away.
         let c = r
+            .reading
             .snapshot
             .cells
             .get_mut(&key(1, Helper::TcSkLookupTcp, Outcome::NoSocket, 1))
@@ -559,7 +565,7 @@ pub(crate) mod tests {
         c.hist = LogHist::from_values(&[150, 160, 170]);
         c.calls = 3;
         e.update(&mut r, &[1]);
-        assert!(!r.programs.contains_key(&1) && r.snapshot.programs() == vec![0, 2]);
+        assert!(!r.reading.programs.contains_key(&1) && r.reading.snapshot.programs() == vec![0, 2]);
         assert_eq!(calls_of(&e, &r, "tc_steer"), Some(7.0));
         let om = parse(&e.render(&r).unwrap().openmetrics);
         assert_eq!(
@@ -578,7 +584,7 @@ pub(crate) mod tests {
     #[test]
     fn no_ledger_means_no_ledger_families() {
         let mut r = sample_reading();
-        r.ledger = None;
+        r.reading.ledger = None;
         let mut e = Exporter::new(ExportOptions::default());
         e.update(&mut r, &[]);
         let om = parse(&e.render(&r).unwrap().openmetrics);

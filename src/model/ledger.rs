@@ -116,6 +116,26 @@ pub struct OutstandingRef {
 
 /// A run that ended still holding a reference it acquired (from the ring
 /// buffer): the verifier's promise broken, or a release skprof missed.
+/// The ledger's content at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LedgerScan {
+    /// CLOCK_MONOTONIC ns of the scan (the references' `acquired_ns` are on
+    /// the same clock).
+    pub now_ns: u64,
+    /// Every outstanding reference. The ledger holds at most
+    /// `--ledger-size` sockets, so this stays bounded.
+    pub refs: Vec<OutstandingRef>,
+}
+
+impl LedgerScan {
+    /// References outstanding for at least `age_ns` at the scan.
+    pub fn older_than(&self, age_ns: u64) -> impl Iterator<Item = &OutstandingRef> {
+        self.refs
+            .iter()
+            .filter(move |r| self.now_ns.saturating_sub(r.acquired_ns) >= age_ns)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunLeak {
     pub ts_ns: u64,
@@ -204,6 +224,17 @@ impl LeakReport {
 
     /// Groups the ledger entries older than `older_than_ns` at `now_ns`
     /// (both CLOCK_MONOTONIC), oldest group first.
+    /// The report of a reading: its ledger scan and run leaks.
+    pub fn of(r: &super::reading::Reading, older_than_ns: u64) -> LeakReport {
+        let (refs, now_ns) = r
+            .ledger
+            .as_ref()
+            .map_or((&[][..], r.mono_ns()), |l| (&l.refs[..], l.now_ns));
+        LeakReport::build(refs, r.run_leaks.clone(), now_ns, older_than_ns, &|id| {
+            r.program_name(id)
+        })
+    }
+
     pub fn build(
         refs: &[OutstandingRef],
         mut run_leaks: Vec<RunLeak>,

@@ -6,4 +6,7 @@ pub mod ids;
 pub mod leak_watch;
 pub mod ledger;
 pub mod ledger_model;
+pub mod reading;
 pub mod snapshot;
+pub mod window;
+pub mod words;

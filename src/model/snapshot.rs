@@ -187,6 +187,11 @@ impl Snapshot {
     /// Drops the aggregates of freed program slots (their program went
     /// away; the kernel-side entries are deleted at the same time), so the
     /// slot's next program is measured from zero.
+    /// References traced lookups acquired, over every cell.
+    pub fn acquired_total(&self) -> u64 {
+        self.cells.values().flat_map(|c| c.acquired.iter()).sum()
+    }
+
     pub fn forget_slots(&mut self, slots: &[u32]) {
         self.cells.retain(|k, _| !slots.contains(&k.prog));
         self.holds.retain(|k, _| !slots.contains(k));
@@ -460,6 +465,8 @@ pub struct IntervalStats {
     pub helpers: Vec<HelperStats>,
     pub release: ReleaseStats,
     pub acquired: u64,
+    /// Acquired against released, in the words every face uses.
+    pub balance: super::words::Balance,
     pub drops: Drops,
 }
 
@@ -550,10 +557,12 @@ impl IntervalStats {
             run_table_full: c.run_table_full,
             run_refs_full: c.run_refs_full,
         };
+        let acquired = rows.iter().map(|r| r.acquired).sum();
         IntervalStats {
             interval_s,
             by,
-            acquired: rows.iter().map(|r| r.acquired).sum(),
+            acquired,
+            balance: super::words::Balance::of(acquired, release.dropped, release.unmatched),
             helpers: rows,
             release,
             drops,

@@ -27,8 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::model::ids::Helper;
-use crate::model::ledger::{OutstandingRef, RunLeak};
-use crate::model::snapshot::{ProgramRef, Snapshot};
+pub use crate::model::ledger::LedgerScan;
+use crate::model::ledger::RunLeak;
+use crate::model::reading::Reading;
+use crate::model::snapshot::{Labels, ProgramRef, Snapshot};
 use crate::workload::HelperTally;
 
 /// What was recorded where, by what: the first frame of every recording.
@@ -75,15 +77,42 @@ pub struct Interval {
     pub forgotten: Vec<u32>,
 }
 
-/// The ledger's content at one instant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerScan {
-    /// CLOCK_MONOTONIC ns of the scan (the references' `acquired_ns` are on
-    /// the same clock).
-    pub now_ns: u64,
-    /// Every outstanding reference. `sk` is a number per socket within the
-    /// frame (kernel addresses are not recorded).
-    pub refs: Vec<OutstandingRef>,
+impl Interval {
+    /// The frame of a reading: its cumulative aggregates, the labels of
+    /// the slots they mention, and the slots freed before it.
+    pub fn of(r: &Reading) -> Interval {
+        let mut slots = r.snapshot.programs();
+        slots.extend(r.snapshot.holds.keys());
+        slots.sort_unstable();
+        slots.dedup();
+        Interval {
+            unix_ms: r.unix_ms,
+            labels: slots.into_iter().map(|s| r.program(s)).collect(),
+            snapshot: r.snapshot.clone(),
+            forgotten: r.freed_slots.clone(),
+        }
+    }
+
+    /// The reading a frame encodes (what is not recorded left empty).
+    pub fn into_reading(self) -> Reading {
+        let traced = self
+            .labels
+            .iter()
+            .filter(|p| p.id != 0)
+            .map(|p| (p.id, p.name.clone()))
+            .collect();
+        Reading {
+            unix_ms: self.unix_ms,
+            programs: self.labels.into_iter().map(|p| (p.slot, p)).collect(),
+            snapshot: self.snapshot,
+            freed_slots: self.forgotten,
+            attribution: crate::model::reading::AttributionInfo {
+                programs: traced,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// Leak events since the previous `Leaks` frame, and optionally the

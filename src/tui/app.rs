@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::collector::{Batch, LedgerSummary, SourceInfo};
+use crate::model::ledger::LedgerScan;
+use crate::model::reading::{Reading, SourceInfo};
 use crate::model::hist::{LogHist, Percentiles};
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::OutstandingRef;
@@ -299,7 +300,7 @@ pub struct Detail {
 /// What changes the state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Tick(Box<Batch>),
+    Tick(Box<Reading>),
     /// The source has nothing more (end of a replay).
     Ended(String),
     /// The source failed.
@@ -371,18 +372,18 @@ pub struct App {
     pub failed: Option<String>,
     /// The source ended (a replay): the last reading is held.
     pub ended: Option<String>,
-    /// Batches taken, since start.
+    /// Readinges taken, since start.
     pub readings: u64,
     /// The current reading (the newest applied).
-    cur: Option<Batch>,
+    cur: Option<Reading>,
     /// The reading before it.
-    before: Option<Batch>,
+    before: Option<Reading>,
     /// `cur - before`: the last interval, kept for the calls/s column.
     last_delta: Option<Snapshot>,
     /// The baseline (first reading, or the reading at `r`).
-    base: Option<Batch>,
-    /// Batches that came while paused, merged, applied on resume.
-    pending: Option<Batch>,
+    base: Option<Reading>,
+    /// Readinges that came while paused, merged, applied on resume.
+    pending: Option<Reading>,
     history: VecDeque<Sample>,
     /// History not yet `SAMPLE_MIN_S` long.
     partial: Option<Sample>,
@@ -427,7 +428,7 @@ impl App {
     }
 
     /// The current reading, if any.
-    pub fn current(&self) -> Option<&Batch> {
+    pub fn current(&self) -> Option<&Reading> {
         self.cur.as_ref()
     }
 
@@ -590,7 +591,7 @@ impl App {
         self.recompute();
     }
 
-    fn ingest(&mut self, mut b: Batch) {
+    fn ingest(&mut self, mut b: Reading) {
         for e in b.errors.drain(..) {
             if self.errors.len() == ERRORS_KEPT {
                 self.errors.pop_front();
@@ -614,7 +615,7 @@ impl App {
         }
     }
 
-    fn apply(&mut self, b: Batch) {
+    fn apply(&mut self, b: Reading) {
         self.readings += 1;
         // Slots freed since the previous reading start from zero in this
         // one: they leave every earlier reading.
@@ -636,7 +637,7 @@ impl App {
         }
         if let Some(before) = &self.before {
             let delta = b.snapshot.delta(&before.snapshot);
-            let secs = secs_between(before.mono_ns, b.mono_ns);
+            let secs = secs_between(before.mono_ns(), b.mono_ns());
             self.last_delta = Some(delta.clone());
             self.push_history(delta, secs);
         }
@@ -676,7 +677,7 @@ impl App {
     }
 
     /// The window's delta, its length, and the reading it starts from.
-    fn window_delta(&self) -> Option<(Snapshot, f64, &Batch)> {
+    fn window_delta(&self) -> Option<(Snapshot, f64, &Reading)> {
         let cur = self.cur.as_ref()?;
         let start = match self.window {
             Window::SinceReset => self.base.as_ref()?,
@@ -684,7 +685,7 @@ impl App {
         };
         Some((
             cur.snapshot.delta(&start.snapshot),
-            secs_between(start.mono_ns, cur.mono_ns),
+            secs_between(start.mono_ns(), cur.mono_ns()),
             start,
         ))
     }
@@ -708,7 +709,7 @@ impl App {
         let mut rate_secs = 0.0;
         let mut total_last = 0;
         if let (Some(before), Some(last)) = (&self.before, &self.last_delta) {
-            rate_secs = secs_between(before.mono_ns, cur.mono_ns);
+            rate_secs = secs_between(before.mono_ns(), cur.mono_ns());
             for (k, c) in &last.cells {
                 *rate.entry(RowKey::of_cell(k, by)).or_default() += c.calls;
                 total_last += c.calls;
@@ -980,7 +981,7 @@ fn ref_row(
 
 /// References outstanding by row: (all, those at least `age_ns` old).
 fn ledger_counts(
-    l: &LedgerSummary,
+    l: &LedgerScan,
     by: Grouping,
     slot_of_id: &HashMap<u32, u32>,
     age_ns: u64,
@@ -998,7 +999,7 @@ fn ledger_counts(
     m
 }
 
-fn aged_refs(l: &LedgerSummary, age_ns: u64) -> u64 {
+fn aged_refs(l: &LedgerScan, age_ns: u64) -> u64 {
     l.refs
         .iter()
         .filter(|r| l.now_ns.saturating_sub(r.acquired_ns) >= age_ns)

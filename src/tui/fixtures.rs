@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::app::{Action, App};
-use super::collector::{Batch, LedgerSummary, SourceInfo};
+use crate::model::ledger::LedgerScan;
+use crate::model::reading::{Reading, SourceInfo};
 use crate::model::hist::LogHist;
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
@@ -157,6 +158,7 @@ pub fn info() -> SourceInfo {
         helpers: Helper::ALL.to_vec(),
         interval_s: 1.0,
         probe_ns_per_lookup: Some(120.0),
+        ..SourceInfo::default()
     }
 }
 
@@ -193,7 +195,7 @@ fn outstanding(
 }
 
 /// The k-th reading (k = 0 is the first, `LOADED_S` seconds after load).
-pub fn batch(k: u64) -> Batch {
+pub fn batch(k: u64) -> Reading {
     let secs = LOADED_S + k;
     let mut snapshot = Snapshot {
         mono_ns: secs * 1_000_000_000,
@@ -283,8 +285,7 @@ pub fn batch(k: u64) -> Batch {
     } else {
         Vec::new()
     };
-    Batch {
-        mono_ns: snapshot.mono_ns,
+    Reading {
         snapshot,
         programs: programs(),
         interfaces: [
@@ -293,13 +294,18 @@ pub fn batch(k: u64) -> Batch {
         ]
         .into_iter()
         .collect(),
-        programs_traced: 3,
+        attribution: crate::model::reading::AttributionInfo {
+            mode: "trace".into(),
+            programs: (1..=3).map(|i| (i, format!("prog{i}"))).collect(),
+            ..Default::default()
+        },
         freed_slots: Vec::new(),
-        ledger: Some(LedgerSummary { now_ns: now, refs }),
+        ledger: Some(LedgerScan { now_ns: now, refs }),
         run_leaks,
         errors: Vec::new(),
         self_cpu_pct: Some(0.4),
         status: Some(format!("frame {}", k + 1)),
+        ..Default::default()
     }
 }
 

@@ -1,15 +1,13 @@
 //! `skprof top`: the interactive dashboard.
 //!
 //! Shape (as bottom and gitui): a collector thread owns the source (the
-//! live session or a replay) and sends owned batches over a channel; an
+//! live session or a replay) and sends owned readings over a channel; an
 //! input thread sends key and resize events over the same channel; the UI
 //! thread owns the `App`, changes it only through `App::update`, and draws
 //! it with `view::draw`, a pure function of the state. ratatui diffs frames,
 //! so only changed cells reach the terminal (no flicker).
 
 pub mod app;
-pub mod collector;
-pub mod replay;
 pub mod term;
 pub mod view;
 
@@ -22,7 +20,7 @@ use crossterm::event::{self, Event};
 
 use crate::model::snapshot::Grouping;
 use app::{Action, App};
-use collector::{Collector, Msg, Source};
+use crate::session::{Collector, Msg, Source};
 
 /// What the UI thread waits for.
 enum Input {
@@ -34,7 +32,7 @@ enum Input {
 
 fn action_of(msg: Msg) -> Action {
     match msg {
-        Msg::Batch(b) => Action::Tick(b),
+        Msg::Reading(b) => Action::Tick(b),
         Msg::Ended(why) => Action::Ended(why),
         Msg::Failed(why) => Action::Failed(why),
         Msg::Done => Action::Quit,
@@ -135,3 +133,5 @@ fn ui_loop(
 mod fixtures;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod replay_tests;

@@ -7,7 +7,7 @@ use ratatui::style::Color;
 use ratatui::Terminal;
 
 use super::app::{Action, App, Column, RowKey, Screen, Window, HISTORY};
-use super::collector::Batch;
+use crate::model::reading::Reading;
 use super::fixtures::{app_with, batch, INIT_NS, POD_NS};
 use super::view;
 use crate::model::ids::Helper;
@@ -121,14 +121,20 @@ fn snapshot_empty_before_the_first_reading() {
 #[test]
 fn snapshot_empty_with_no_calls() {
     let mut app = App::new(super::fixtures::info(), Grouping::Program);
-    let idle = Batch {
-        mono_ns: 1_000_000_000,
+    let idle = Reading {
+        snapshot: crate::model::snapshot::Snapshot {
+            mono_ns: 1_000_000_000,
+            ..Default::default()
+        },
         self_cpu_pct: Some(0.1),
         ..Default::default()
     };
     app.update(Action::Tick(Box::new(idle.clone())));
-    app.update(Action::Tick(Box::new(Batch {
-        mono_ns: 2_000_000_000,
+    app.update(Action::Tick(Box::new(Reading {
+        snapshot: crate::model::snapshot::Snapshot {
+            mono_ns: 2_000_000_000,
+            ..Default::default()
+        },
         ..idle
     })));
     insta::assert_snapshot!(render(&app, 80, 12));
@@ -434,8 +440,7 @@ fn history_is_bounded_and_short_intervals_merge() {
     let mut app = App::new(super::fixtures::info(), Grouping::Helper);
     for k in 0..=25u64 {
         let mut b = batch(0);
-        b.mono_ns += k * 100_000_000;
-        b.snapshot.mono_ns = b.mono_ns;
+        b.snapshot.mono_ns += k * 100_000_000;
         app.update(Action::Tick(Box::new(b)));
     }
     assert_eq!(app.history_len(), 2);

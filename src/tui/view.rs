@@ -146,7 +146,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         sep(),
         Span::raw(app.info.probe_mode.clone()),
         sep(),
-        Span::raw(format!("{} progs", cur.map_or(0, |c| c.programs_traced))),
+        Span::raw(format!("{} progs", cur.map_or(0, |c| c.programs_traced()))),
         sep(),
         Span::raw(app.info.origin.clone()),
     ];

@@ -1,158 +1,16 @@
-//! The replay source: a recording made by `skprof record`, played at the
-//! pace it was recorded at (times `--speed`), then held at its last reading.
+//! The replay source against the dashboard: what a recording plays is
+//! what the live session showed.
 
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result};
-
-use super::collector::{sleep_until, Batch, LedgerSummary, Source, SourceInfo};
-use crate::model::ledger::RunLeak;
-use crate::record::{Frame, Interval, Meta, Reader};
-
-pub struct ReplaySource {
-    reader: Reader,
-    meta: Meta,
-    name: String,
-    speed: f64,
-    /// The next interval, read ahead so that the leak frames written after
-    /// an interval travel with it.
-    ahead: Option<Interval>,
-    /// Run leaks read since the last batch.
-    run_leaks: Vec<RunLeak>,
-    /// The latest ledger scan seen (recordings scan it rarely: it stays
-    /// shown until a newer one comes).
-    ledger: Option<LedgerSummary>,
-    /// (recorded mono ns, when it was shown) of the previous interval.
-    last: Option<(u64, Instant)>,
-    played: u64,
-}
-
-impl ReplaySource {
-    pub fn open(path: &Path, speed: f64) -> Result<ReplaySource> {
-        let reader = Reader::open(path).context("open the recording")?;
-        let meta = reader.meta().clone();
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let mut r = ReplaySource {
-            reader,
-            meta,
-            name,
-            speed,
-            ahead: None,
-            run_leaks: Vec::new(),
-            ledger: None,
-            last: None,
-            played: 0,
-        };
-        // A recording without a single reading is refused before the
-        // terminal is taken over.
-        r.ahead = r.read_to_interval()?;
-        if r.ahead.is_none() {
-            anyhow::bail!("{}: the recording holds no reading", path.display());
-        }
-        Ok(r)
-    }
-
-    /// Reads frames up to the next interval, collecting leak frames on the
-    /// way; `None` at the end of the file.
-    fn read_to_interval(&mut self) -> Result<Option<Interval>> {
-        loop {
-            match self.reader.next_frame().context("read the recording")? {
-                None => return Ok(None),
-                Some(Frame::Interval(i)) => return Ok(Some(*i)),
-                Some(Frame::Leaks(l)) => {
-                    self.run_leaks.extend(l.run_leaks);
-                    if let Some(scan) = l.ledger {
-                        self.ledger = Some(LedgerSummary {
-                            now_ns: scan.now_ns,
-                            refs: scan.refs,
-                        });
-                    }
-                }
-                Some(Frame::Meta(_) | Frame::Workload(_) | Frame::End) => {}
-            }
-        }
-    }
-}
-
-/// `HH:MM:SS` UTC of a wall-clock time in ms.
-fn clock(unix_ms: u64) -> String {
-    let s = unix_ms / 1000 % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
-impl Source for ReplaySource {
-    fn info(&self) -> SourceInfo {
-        SourceInfo {
-            kernel: self.meta.kernel.clone(),
-            probe_mode: self.meta.probe_mode.clone(),
-            origin: format!("replay {}", self.name),
-            helpers: self.meta.helpers.clone(),
-            interval_s: self.meta.interval_ms as f64 / 1000.0,
-            // Calibration is not recorded.
-            probe_ns_per_lookup: None,
-        }
-    }
-
-    fn next(&mut self, stop: &AtomicBool) -> Result<Option<Batch>> {
-        let Some(cur) = self.ahead.take() else {
-            return Ok(None);
-        };
-        self.ahead = self.read_to_interval()?;
-        let mono = cur.snapshot.mono_ns;
-        let show_at = match self.last {
-            None => Instant::now(),
-            Some((m, t)) => {
-                let gap = mono.saturating_sub(m) as f64 / 1e9 / self.speed;
-                // A gap of hours (a suspended recorder) is not waited out.
-                t + Duration::from_secs_f64(gap.min(60.0))
-            }
-        };
-        if !sleep_until(show_at, stop) {
-            return Ok(None);
-        }
-        self.last = Some((mono, show_at));
-        self.played += 1;
-        let programs = cur.labels.into_iter().map(|p| (p.slot, p)).collect();
-        let mut b = Batch {
-            mono_ns: mono,
-            snapshot: cur.snapshot,
-            programs,
-            freed_slots: cur.forgotten,
-            ledger: self.ledger.clone(),
-            run_leaks: std::mem::take(&mut self.run_leaks),
-            status: Some(format!(
-                "frame {} · {} UTC",
-                self.played,
-                clock(cur.unix_ms)
-            )),
-            ..Default::default()
-        };
-        b.programs_traced = b.programs.values().filter(|p| p.id != 0).count();
-        Ok(Some(b))
-    }
-
-    fn end_note(&self) -> String {
-        match self.reader.warning() {
-            Some(w) => format!("end of the recording ({w}): holding the last reading"),
-            None => "end of the recording: holding the last reading".into(),
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
-    use super::*;
+    use super::super::app::{Action, App};
+    use super::super::fixtures;
+    use crate::record::{Frame, Interval, Meta};
+    use crate::session::{ReplaySource, Signals, Source};
+    use std::time::{Duration, Instant};
     use crate::model::snapshot::Grouping;
     use crate::record::{Leaks, LedgerScan, Writer};
-    use crate::tui::app::{Action, App};
-    use crate::tui::fixtures;
 
     /// The fixture session written as `skprof record` writes it: an
     /// interval frame per reading, each followed by a leaks frame.
@@ -209,7 +67,7 @@ mod tests {
             (info.kernel.as_str(), info.interval_s),
             ("6.12.38+deb13-amd64", 1.0)
         );
-        let stop = AtomicBool::new(false);
+        let stop = Signals::new();
         let started = Instant::now();
         let mut app = App::new(info, Grouping::Program);
         let mut n = 0;
@@ -253,11 +111,11 @@ mod tests {
     fn paced_at_the_recorded_interval_times_speed() {
         let path = record_fixture("pace", 3, false);
         let mut src = ReplaySource::open(&path, 10.0).unwrap();
-        let stop = AtomicBool::new(false);
+        let stop = Signals::new();
         let t0 = Instant::now();
         let mut got = Vec::new();
         while let Some(b) = src.next(&stop).unwrap() {
-            got.push((b.mono_ns, t0.elapsed()));
+            got.push((b.mono_ns(), t0.elapsed()));
             // No scan recorded: no ledger figures.
             assert!(b.ledger.is_none());
         }
@@ -274,7 +132,7 @@ mod tests {
         // Stopping cuts the wait short.
         let mut src = ReplaySource::open(&path, 0.01).unwrap();
         assert!(src.next(&stop).unwrap().is_some());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.request_stop();
         assert!(src.next(&stop).unwrap().is_none());
         let _ = std::fs::remove_file(&path);
     }
@@ -300,7 +158,7 @@ mod tests {
         let bytes = std::fs::read(&full).unwrap();
         std::fs::write(&full, &bytes[..bytes.len() - 40]).unwrap();
         let mut src = ReplaySource::open(&full, 1000.0).unwrap();
-        let stop = AtomicBool::new(false);
+        let stop = Signals::new();
         let mut n = 0;
         while src.next(&stop).unwrap().is_some() {
             n += 1;

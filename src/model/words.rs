@@ -1,0 +1,179 @@
+//! How a fact is worded, once for every face: text, JSON, the dashboard,
+//! reports and metrics all take their words from here, so the same fact
+//! reads the same everywhere.
+
+use serde::Serialize;
+
+use super::snapshot::{ProgramRef, UNATTRIBUTED};
+
+/// Calls from programs skprof does not trace.
+pub const NOT_TRACED: &str = "(not traced)";
+
+/// A known program's slot label.
+pub fn program_ref(slot: u32, id: u32, name: &str) -> ProgramRef {
+    ProgramRef {
+        slot,
+        id,
+        name: name.to_string(),
+    }
+}
+
+/// A slot no attributed program holds: the untraced calls' slot, or one
+/// whose program went away.
+pub fn program_ref_unknown(slot: u32) -> ProgramRef {
+    ProgramRef {
+        slot,
+        id: 0,
+        name: if slot == UNATTRIBUTED {
+            NOT_TRACED.into()
+        } else {
+            format!("slot {slot} (gone)")
+        },
+    }
+}
+
+/// `name[id]`, or the slot's own words when no program is known.
+pub fn program_label(p: &ProgramRef) -> String {
+    if p.id == 0 {
+        p.name.clone()
+    } else {
+        format!("{}[{}]", p.name, p.id)
+    }
+}
+
+/// A program by kernel id: `name[id]` when its name is known.
+pub fn program_by_id(id: u32, name: Option<&str>) -> String {
+    match name {
+        _ if id == 0 => NOT_TRACED.into(),
+        Some(name) => format!("{name}[{id}]"),
+        None => format!("prog {id}"),
+    }
+}
+
+/// `s` cut to `width` characters, with an ellipsis when cut.
+pub fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() > width {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    } else {
+        s.to_string()
+    }
+}
+
+/// Whether the references traced lookups took were released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every reference a traced lookup took was released.
+    Balanced,
+    /// Fewer released than acquired: held at the reading (`skprof leaks`
+    /// says whether they are leaks).
+    Held,
+    /// More released than acquired: references taken before the window.
+    ReleasedEarlier,
+}
+
+/// The release balance of a window: acquired references against the
+/// releases that dropped one a traced lookup took. Releases of references
+/// no traced lookup took (SOCKMAP/SOCKHASH sockets, `bpf_skc_to_*`,
+/// references older than skprof) are counted apart: not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub verdict: Verdict,
+    /// References traced lookups acquired.
+    pub acquired: u64,
+    /// Releases of references traced lookups took.
+    pub released: u64,
+    /// Reference-dropping releases of references no traced lookup took.
+    pub unmatched_releases: u64,
+    /// The verdict in words, as every face prints it.
+    pub text: String,
+}
+
+impl Balance {
+    /// From the window's acquired references, its reference-dropping
+    /// releases (`dropped`, unmatched ones included) and the unmatched.
+    pub fn of(acquired: u64, dropped: u64, unmatched: u64) -> Balance {
+        let released = dropped.saturating_sub(unmatched);
+        let (verdict, mut text) = match released.cmp(&acquired) {
+            std::cmp::Ordering::Equal => (Verdict::Balanced, "balanced".to_string()),
+            std::cmp::Ordering::Less => (
+                Verdict::Held,
+                format!("{} held at the reading", acquired - released),
+            ),
+            std::cmp::Ordering::Greater => (
+                Verdict::ReleasedEarlier,
+                format!(
+                    "{} released of references taken before the window",
+                    released - acquired
+                ),
+            ),
+        };
+        if unmatched > 0 {
+            text += &format!("; {unmatched} releases of references no traced lookup took");
+        }
+        Balance {
+            verdict,
+            acquired,
+            released,
+            unmatched_releases: unmatched,
+            text,
+        }
+    }
+}
+
+/// What the hold-time figures cover: every released reference, or the
+/// ones whose lookup was timed (fentry mode times a sample of calls).
+pub fn hold_coverage(timed: u64, released: u64) -> String {
+    if timed >= released {
+        format!("hold time of all {released} released references")
+    } else {
+        format!("hold time of {timed} of {released} released references (the timed lookups)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockhash_releases_are_balanced_and_named() {
+        let b = Balance::of(403, 540, 137);
+        assert_eq!(b.verdict, Verdict::Balanced);
+        assert_eq!(
+            b.text,
+            "balanced; 137 releases of references no traced lookup took"
+        );
+        assert_eq!((b.acquired, b.released, b.unmatched_releases), (403, 403, 137));
+    }
+
+    #[test]
+    fn held_and_earlier_releases_say_how_many() {
+        assert_eq!(Balance::of(10, 7, 0).text, "3 held at the reading");
+        assert_eq!(Balance::of(10, 7, 0).verdict, Verdict::Held);
+        assert_eq!(
+            Balance::of(5, 8, 1).text,
+            "2 released of references taken before the window; 1 releases of references no \
+             traced lookup took"
+        );
+        assert_eq!(Balance::of(0, 0, 0).text, "balanced");
+    }
+
+    #[test]
+    fn programs_read_the_same_everywhere() {
+        assert_eq!(program_label(&program_ref(3, 42, "tc_in")), "tc_in[42]");
+        assert_eq!(program_label(&program_ref_unknown(UNATTRIBUTED)), NOT_TRACED);
+        assert_eq!(program_label(&program_ref_unknown(7)), "slot 7 (gone)");
+        assert_eq!(program_by_id(42, Some("tc_in")), "tc_in[42]");
+        assert_eq!(program_by_id(42, None), "prog 42");
+        assert_eq!(program_by_id(0, Some("x")), NOT_TRACED);
+        assert_eq!(truncate("cilium_tproxy_ingress_handler[42]", 24), "cilium_tproxy_ingress_h…");
+    }
+
+    #[test]
+    fn hold_coverage_says_what_is_timed() {
+        assert_eq!(hold_coverage(5, 5), "hold time of all 5 released references");
+        assert!(hold_coverage(2, 5).contains("2 of 5"));
+    }
+}

@@ -200,14 +200,13 @@ fn helper_table(out: &mut String, s: &Summary) {
         leaked_total.to_string(),
     );
     out.push_str("</tr>\n</tbody>\n</table>\n");
-    let balance = super::render::balance(t);
     let _ = writeln!(
         out,
-        "<p id=\"balance\">Acquired {} → released {}: {}. {} released a reference no traced lookup took.</p>",
-        t.acquired,
+        "<p id=\"balance\">bpf_sk_release: {} calls, {} dropped a reference; acquired {} → {}.</p>",
+        rel.calls,
         rel.dropped,
-        esc(&balance),
-        rel.unmatched
+        t.acquired,
+        esc(&t.balance.text),
     );
 }
 

@@ -278,35 +278,21 @@ pub fn ledger_sentence(l: &super::summary::LeakSummary) -> String {
     }
 }
 
-/// Whether the references acquired were all released, in words (the
-/// Markdown and HTML reports say it the same way).
-pub fn balance(t: &IntervalStats) -> String {
-    if t.acquired == t.release.dropped {
-        "balanced".to_string()
-    } else {
-        format!(
-            "released {:+} against acquired (references in flight at the edges, or leaks)",
-            t.release.dropped as i128 - t.acquired as i128
-        )
-    }
-}
-
 fn release_lines(out: &mut String, t: &IntervalStats) {
     let rel = &t.release;
-    let balance = balance(t);
     let _ = writeln!(
         out,
-        "\n**bpf_sk_release:** {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} → {balance}.",
-        rel.calls, rel.dropped, rel.noop, rel.null, t.acquired
+        "\n**bpf_sk_release:** {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} → {}.",
+        rel.calls, rel.dropped, rel.noop, rel.null, t.acquired, t.balance.text
     );
-    if rel.hold_ns.count > 0 || rel.unmatched > 0 {
+    if rel.hold_ns.count > 0 {
         let _ = writeln!(
             out,
-            "\n**References held:** p50 {} µs, p99 {} µs, max {} µs; {} released without a traced acquire.",
+            "\n**References held:** {}: p50 {} µs, p99 {} µs, max {} µs.",
+            crate::model::words::hold_coverage(rel.hold_ns.count, t.balance.released),
             us(rel.hold_ns.p50),
             us(rel.hold_ns.p99),
             us(rel.hold_ns.max),
-            rel.unmatched
         );
     }
     let d = &t.drops;

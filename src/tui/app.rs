@@ -269,6 +269,8 @@ pub struct Totals {
     /// The probes' CPU use, percent of one core: calls per second times
     /// the calibrated cost per lookup (`--calibrate`).
     pub probe_cpu_pct: Option<f64>,
+    /// Acquired against released over the window, in every face's words.
+    pub balance: Option<crate::model::words::Balance>,
 }
 
 /// The drill-down of the selected row.
@@ -834,6 +836,7 @@ impl App {
                 .info
                 .probe_ns_per_lookup
                 .map(|ns| per_s(total_last) * ns / 1e7),
+            balance: Some(stats.balance.clone()),
         };
         self.detail = if self.screen == Screen::Detail
             || (self.screen == Screen::Help && self.below_help == Screen::Detail)

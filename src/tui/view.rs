@@ -194,6 +194,10 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
             if app.descending { "▼" } else { "▲" }
         )),
     ];
+    if let Some(b) = &t.balance {
+        l3.push(sep());
+        l3.push(Span::raw(format!("refs {}", b.text)));
+    }
     if app.paused {
         l3.push(sep());
         l3.push(Span::styled(

@@ -9,13 +9,10 @@
 #ifndef SKPROF_SHARED_BPF_H
 #define SKPROF_SHARED_BPF_H
 
-#include <bpf/bpf_endian.h>
 #include "skprof.h"
+#include "sock.bpf.h"
 
 #define ERR_E2BIG 7	/* a full hash map refuses inserts with -E2BIG */
-#define AF_INET6_ 10
-#define TUPLE_V4_LEN 12 /* sizeof(((struct bpf_sock_tuple *)0)->ipv4) */
-#define TUPLE_V6_LEN 36 /* sizeof(((struct bpf_sock_tuple *)0)->ipv6) */
 
 /* key: 0; value: this CPU's traced program runs in flight, each with the
  * sockets it holds (the run-local ledger), and its counters */
@@ -271,31 +268,6 @@ static __always_inline void trace_ledger(__u32 type, __u64 sk, __u64 run_id, __u
 	t->prog_slot = prog_slot;
 	t->cpu = bpf_get_smp_processor_id();
 	bpf_ringbuf_submit(t, 0);
-}
-
-/*
- * The socket's own 4-tuple, as a lookup that finds it would pass it (the
- * packet's view: source = the peer, destination = the local end), for a
- * reference whose lookup tuple is gone (a run leak: the run's stack is).
- * sock_common holds these for full, request and TIME_WAIT sockets alike.
- */
-static __always_inline void tuple_of_sock(struct sock_common *skc, struct skprof_ref *ref)
-{
-	struct bpf_sock_tuple *t = (struct bpf_sock_tuple *)ref->tuple;
-
-	if (BPF_CORE_READ(skc, skc_family) == AF_INET6_) {
-		BPF_CORE_READ_INTO(&t->ipv6.saddr, skc, skc_v6_daddr.in6_u.u6_addr32);
-		BPF_CORE_READ_INTO(&t->ipv6.daddr, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
-		t->ipv6.sport = BPF_CORE_READ(skc, skc_dport);
-		t->ipv6.dport = bpf_htons(BPF_CORE_READ(skc, skc_num));
-		ref->tuple_len = TUPLE_V6_LEN;
-	} else {
-		t->ipv4.saddr = BPF_CORE_READ(skc, skc_daddr);
-		t->ipv4.daddr = BPF_CORE_READ(skc, skc_rcv_saddr);
-		t->ipv4.sport = BPF_CORE_READ(skc, skc_dport);
-		t->ipv4.dport = bpf_htons(BPF_CORE_READ(skc, skc_num));
-		ref->tuple_len = TUPLE_V4_LEN;
-	}
 }
 
 /* Who takes a reference into the global ledger. */

@@ -1,8 +1,13 @@
 //! The BPF seam: the only place that touches libbpf objects and raw map
 //! bytes. Everything above it works with `crate::model` types.
 
+mod calls;
+mod events;
 pub mod floor;
+mod load;
+mod pod;
 pub mod probes;
+mod read;
 
 /// The generated skeleton of `bpf/skprof.bpf.c`.
 #[allow(

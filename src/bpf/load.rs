@@ -15,7 +15,6 @@ use libbpf_rs::{MapCore, MapFlags, OpenObject};
 
 use super::calls::{CallsMap, CALL_SLOTS};
 use super::events::event_ring;
-use super::pod::pod_bytes;
 use super::probes::{
     refusal, split_prog_name, LatencySample, ProbeKind, ProbeMode, ProbeOptions, Probes,
 };
@@ -230,7 +229,7 @@ impl Probes {
         self.skel
             .maps
             .jit_ranges
-            .update(&idle.to_ne_bytes(), pod_bytes(&t), MapFlags::ANY)
+            .update(&idle.to_ne_bytes(), bytemuck::bytes_of(&t), MapFlags::ANY)
             .context("write map jit_ranges")?;
         self.skel
             .maps
@@ -263,7 +262,7 @@ impl Probes {
         self.skel
             .maps
             .bss
-            .update(&0u32.to_ne_bytes(), pod_bytes(&v), MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), bytemuck::bytes_of(&v), MapFlags::ANY)
             .context("write the probes' .bss")?;
         self.bss = v;
         Ok(())

@@ -1,5 +1,6 @@
 //! The `calls` array (`BPF_F_MMAPABLE`): every call by (CPU, program
 //! slot, helper), read through a shared mapping.
+#![allow(unsafe_code)] // the calls array is read through mmap and atomics on its raw memory
 
 use std::mem::size_of;
 use std::os::fd::AsRawFd;

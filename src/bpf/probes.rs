@@ -4,6 +4,7 @@
 //! The work is split by job: `load` opens, configures and attaches them
 //! (and writes the switches they read while running), `read` turns their
 //! maps into model types, `events` drains their ring buffer.
+#![allow(unsafe_code)] // clock_gettime, for the clock bpf_ktime_get_ns() reads
 
 use std::fmt;
 use std::os::fd::AsFd;

@@ -1,6 +1,7 @@
 //! Reading the helper probes' maps into model types: the snapshot of
 //! every aggregate, the reference ledger, the kernel stacks, and the
 //! counters in the run table.
+#![allow(unsafe_code)] // bpf_prog_get_info_by_fd, which libbpf-rs does not wrap for a raw fd
 
 use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};

@@ -6,6 +6,7 @@
 //!
 //! `model` and `record` are the core: no BPF, no terminal, no sockets. They
 //! build alone with `--no-default-features` (the fuzz target's build).
+#![deny(unsafe_code)]
 #[cfg(feature = "bpf")]
 pub mod attrib;
 #[cfg(feature = "bpf")]

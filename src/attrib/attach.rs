@@ -6,6 +6,7 @@
 //! attached through a legacy API (tc/XDP over netlink, `BPF_PROG_ATTACH` on
 //! a cgroup) or only run through `BPF_PROG_TEST_RUN` has no link and is
 //! shown as [`NOT_BY_LINK`].
+#![allow(unsafe_code)] // libbpf's C name tables, for the type names
 
 use std::collections::HashMap;
 use std::fmt;

@@ -13,12 +13,15 @@ use super::probes::split_prog_name;
 use super::{libbpf_reason, take_libbpf_log};
 use crate::kernel::KernelFunctions;
 
+// libbpf-cargo's generated code is unsafe inside (object pointers, the
+// mmapped data sections), so it is exempt from the crate's deny.
 #[allow(
     clippy::all,
     clippy::pedantic,
     non_camel_case_types,
     dead_code,
-    unused_imports
+    unused_imports,
+    unsafe_code
 )]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));

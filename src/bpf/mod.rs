@@ -1,16 +1,24 @@
 //! The BPF seam: the only place that touches libbpf objects and raw map
 //! bytes. Everything above it works with `crate::model` types.
 
+mod calls;
+mod events;
 pub mod floor;
+mod load;
+mod pod;
 pub mod probes;
+mod read;
 
 /// The generated skeleton of `bpf/skprof.bpf.c`.
+// libbpf-cargo's generated code is unsafe inside (object pointers, the
+// mmapped data sections), so it is exempt from the crate's deny.
 #[allow(
     clippy::all,
     clippy::pedantic,
     non_camel_case_types,
     dead_code,
-    unused_imports
+    unused_imports,
+    unsafe_code
 )]
 pub(crate) mod skel {
     include!(concat!(env!("OUT_DIR"), "/skprof.skel.rs"));

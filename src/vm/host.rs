@@ -1,5 +1,6 @@
 //! The host side of a run: virtiofsd and qemu command lines, and a guard
 //! that always kills and reaps them.
+#![allow(unsafe_code)] // termios, fork-time prctl, kill and ioctl, which std does not wrap
 
 use std::{
     fs::File,

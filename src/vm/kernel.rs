@@ -15,6 +15,7 @@
 //! kernels/<package>/skprof-vmlinux           (uncompressed, for PVH boot)
 //! kernels/<package>/.skprof-ready            (written last: entry complete)
 //! ```
+#![allow(unsafe_code)] // flock, which std does not wrap before Rust 1.89
 
 use std::{
     cmp::Ordering,

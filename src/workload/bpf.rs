@@ -1,5 +1,6 @@
 //! The workload's BPF object (bpf/workload.bpf.c) and typed access to its
 //! .bss, through the skeleton's generated types.
+#![allow(unsafe_code)] // volatile reads and writes of the mapped .bss
 
 use std::mem::MaybeUninit;
 

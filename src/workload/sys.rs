@@ -1,6 +1,7 @@
 //! The few system calls std does not wrap, each in one small unsafe block.
 //!
 //! Everything else (sockets, files) goes through std.
+#![allow(unsafe_code)] // the system calls std does not wrap
 
 use std::ffi::c_int;
 use std::fs::File;

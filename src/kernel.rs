@@ -118,6 +118,8 @@ impl Privileges {
     }
 
     /// From the text of /proc/self/status (CapEff and Uid lines).
+    /// Two lines, so parsed here: procfs's `Status` also requires Name, Pid,
+    /// PPid and more, and fails whole when any of them does not parse.
     pub fn from_status(status: &str) -> Privileges {
         let field = |key: &str| {
             status

@@ -336,6 +336,8 @@ impl Resolver {
 }
 
 /// The cgroup v2 mount point, from the text of /proc/self/mountinfo.
+/// Parsed here rather than with procfs, whose `MountInfo` (0.18) keeps the
+/// mount point's `\ooo` escapes.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // "36 35 0:30 / /sys/fs/cgroup rw,... shared:9 - cgroup2 cgroup2 rw"

@@ -1,16 +1,16 @@
 //! skprof's own cost, read from `/proc`: resident memory, CPU time, and the
 //! run time of its own BPF programs (the kernel's BPF statistics, in the
-//! fdinfo of the program fds the process holds). Parsing is pure and
-//! tested on recorded text; reading is best effort (a field that cannot be
-//! read reads 0, and the exporter goes on).
+//! fdinfo of the program fds the process holds). Memory and CPU time come
+//! through the procfs crate; the fdinfo fields of BPF programs, which it
+//! does not parse, are parsed here, pure and tested on recorded text.
+//! Reading is best effort (a field that cannot be read reads 0, and the
+//! exporter goes on).
 
 use std::fs;
 
-use super::metrics::SelfStats;
+use procfs::process::Process;
 
-/// `/proc/PID/stat` reports CPU times in USER_HZ ticks, which Linux fixes
-/// at 100 for user space whatever the kernel's HZ.
-const USER_HZ: f64 = 100.0;
+use super::metrics::SelfStats;
 
 /// BPF program types that are skprof's own in its process: its probes
 /// (kprobe) and its fentry/fexit probes and program tracers (tracing). The
@@ -20,23 +20,12 @@ const OWN_PROG_TYPES: [u32; 2] = [
     26, /* BPF_PROG_TYPE_TRACING */
 ];
 
-/// `VmRSS` of a `/proc/PID/status` text, in bytes.
+/// `VmRSS` of a `/proc/PID/status` text, in bytes: for callers that hold
+/// the text already (`leaks --watch` reads it for its summary).
 pub fn parse_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// utime + stime of a `/proc/PID/stat` text, in seconds.
-pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
-    // The command name (field 2) is in parentheses and may hold spaces:
-    // count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 overall are 12 and 13 after the name (state is 3).
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
 }
 
 /// (prog_id, prog_type, run_time_ns, run_cnt) of a BPF program fd's
@@ -57,14 +46,15 @@ pub fn parse_prog_fdinfo(text: &str) -> Option<(u32, u32, u64, u64)> {
 
 /// Reads this process's figures (`collect_seconds` is left to the caller).
 pub fn read_self() -> SelfStats {
-    let rss_bytes = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_rss(&s))
-        .unwrap_or(0);
-    let cpu_seconds = fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_cpu_seconds(&s))
-        .unwrap_or(0.0);
+    let me = Process::myself().ok();
+    let rss_bytes = me
+        .as_ref()
+        .and_then(|p| p.status().ok()?.vmrss)
+        .map_or(0, |kb| kb * 1024);
+    // In clock ticks (USER_HZ), whose length sysconf gives.
+    let cpu_seconds = me.as_ref().and_then(|p| p.stat().ok()).map_or(0.0, |s| {
+        (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64
+    });
     let (probe_run_ns, probe_runs) = own_bpf_runtime();
     let bpf_stats_enabled =
         fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1");
@@ -116,11 +106,6 @@ mod tests {
         let status = "Name:\tskprof\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t5\n";
         assert_eq!(parse_rss(status), Some(12345 * 1024));
         assert_eq!(parse_rss("Name: x\n"), None);
-        // A command name with spaces and a parenthesis.
-        let stat =
-            "4242 (sk prof) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 5 0 100 0 0";
-        assert_eq!(parse_cpu_seconds(stat), Some(3.25));
-        assert_eq!(parse_cpu_seconds("garbage"), None);
         // 6.1's fdinfo of a tracing program.
         let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t26\n\
                       prog_jited:\t1\nprog_tag:\t4fc29c01a4aee229\nmemlock:\t4096\nprog_id:\t77\n\
@@ -131,7 +116,14 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        // Any Linux process has a resident set.
-        assert!(read_self().rss_bytes > 0);
+        // Any Linux process has a resident set; this one has run.
+        let me = read_self();
+        assert!(me.rss_bytes > 0);
+        // CPU time counts in ticks: spin until one is charged to us.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while read_self().cpu_seconds == 0.0 && std::time::Instant::now() < deadline {
+            std::hint::black_box(0);
+        }
+        assert!(read_self().cpu_seconds > 0.0);
     }
 }

@@ -69,4 +69,27 @@ struct wl_counters {
 	__u64 releases[SKPROF_NR_CLASSES];
 };
 
+/*
+ * The opt-in "sockhash" case (sockhash.bpf.c), a BPF object of its own so
+ * the other cases' programs stay as they are. Both live in ARRAY maps of one
+ * entry (not .bss) so user space reads and writes them with plain map
+ * syscalls.
+ */
+struct wl_sockhash_config {
+	__u32 armed;		/* 0: the program only counts the run */
+	__u32 key;		/* key of the socket in wl_sockhash */
+	struct wl_tuple tuple;	/* IPv4: the established socket bpf_sk_lookup_tcp finds */
+};
+
+struct wl_sockhash_counters {
+	__u64 runs;		/* every run of the program */
+	__u64 ours;		/* armed runs: one lookup and one map lookup each */
+	__u64 lookup_misses;	/* bpf_sk_lookup_tcp returned NULL */
+	/* bpf_sk_lookup_tcp returned a socket (then released), by class */
+	__u64 lookup_hits[SKPROF_NR_CLASSES];
+	__u64 map_misses;	/* bpf_map_lookup_elem(wl_sockhash) returned NULL */
+	/* it returned a socket (then released), by class */
+	__u64 map_hits[SKPROF_NR_CLASSES];
+};
+
 #endif /* SKPROF_WORKLOAD_H */

@@ -2,7 +2,7 @@
 //! one terminal while skprof traces in another.
 
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,18 @@ pub struct WorkloadArgs {
     /// Print the tally as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also run the sockhash case N times per round: a tc program holds an
+    /// established socket from bpf_sk_lookup_tcp while it takes another out
+    /// of a SOCKHASH with bpf_map_lookup_elem and releases it. Each run: one
+    /// acquire, two releases, one of them of a reference no lookup helper
+    /// took (an unmatched release in skprof's figures).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sockhash: Option<u64>,
+    /// After set-up (programs loaded, sockets made) print "skprof workload:
+    /// ready" on stderr and wait for SIGUSR1 before the first lookup, so a
+    /// tracer started meanwhile traces the programs from their first run.
+    #[arg(long)]
+    pub start_on_sigusr1: bool,
 }
 
 impl WorkloadArgs {
@@ -106,10 +118,28 @@ pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .with_context(|| format!("install handler for signal {sig}"))?;
     }
+    // Installed before set-up: a SIGUSR1 sent as soon as "ready" shows
+    // must not find the default action (terminate) in place.
+    let go = Arc::new(AtomicBool::new(false));
+    if args.start_on_sigusr1 {
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&go))
+            .context("install handler for SIGUSR1")?;
+    }
     let mut w = Workload::setup(&args.opts()).context("set up the workload")?;
+    if let Some(n) = args.sockhash {
+        w.enable_sockhash(n)?;
+    }
     if !args.json {
-        let fams: Vec<&str> = w.families().iter().map(|&f| family_program(f)).collect();
-        let cases: usize = w.families().iter().map(|&f| w.cases(f).len()).sum();
+        let mut fams: Vec<&str> = w.families().iter().map(|&f| family_program(f)).collect();
+        if w.sockhash_per_round().is_some() {
+            fams.push("tc sockhash");
+        }
+        let cases: usize = w
+            .families()
+            .iter()
+            .map(|&f| w.cases(f).len())
+            .sum::<usize>()
+            + usize::from(w.sockhash_per_round().is_some());
         eprintln!(
             "skprof workload: {} ({cases} cases), {} lookups per case per round, {} per round, {}; {}",
             fams.join(", "),
@@ -127,6 +157,21 @@ pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
         );
         if let Some(why) = w.ipv6_skip_reason() {
             eprintln!("skprof workload: IPv6 cases skipped: {why}");
+        }
+        if let Some(n) = w.sockhash_per_round() {
+            eprintln!(
+                "skprof workload: sockhash case: {n} runs per round, each one lookup and two \
+                 releases, one unmatched"
+            );
+        }
+    }
+    if args.start_on_sigusr1 {
+        eprintln!(
+            "skprof workload: ready, waiting for SIGUSR1 (pid {})",
+            std::process::id()
+        );
+        while !go.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     let started = Instant::now();
@@ -212,6 +257,12 @@ pub fn render_tables(tally: &Tally, h: &HelperTally, elapsed: Duration) -> Strin
         list(&h.released),
         list(&h.release_noop)
     );
+    if h.release_unmatched.iter().any(|&n| n > 0) {
+        s += &format!(
+            "                of those dropped, references no lookup took (unmatched): {}\n",
+            list(&h.release_unmatched)
+        );
+    }
     s
 }
 
@@ -255,8 +306,13 @@ mod tests {
         assert!(c.args.json);
         assert!(Cli::try_parse_from(["x", "--count", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--family", "kprobe"]).is_err());
-        let d = Cli::try_parse_from(["x"]).unwrap().args.opts();
+        let d = Cli::try_parse_from(["x"]).unwrap().args;
+        assert_eq!((d.sockhash, d.start_on_sigusr1), (None, false));
+        let d = d.opts();
         assert_eq!((d.count, d.rounds, d.families.len()), (100, None, 0));
+        let s = Cli::try_parse_from(["x", "--sockhash", "7", "--start-on-sigusr1"]).unwrap();
+        assert_eq!((s.args.sockhash, s.args.start_on_sigusr1), (Some(7), true));
+        assert!(Cli::try_parse_from(["x", "--sockhash", "0"]).is_err());
     }
 
     #[test]
@@ -289,5 +345,13 @@ mod tests {
         assert!(s.contains("4 (+4)"), "{s}");
         assert!(s.contains("dropped a reference: request 4"), "{s}");
         assert!(s.contains("6 lookups"), "{s}");
+        assert!(!s.contains("unmatched"), "{s}");
+        t.record_unmatched_release(SockClass::Established, 3);
+        let s = render_tables(&t, &t.by_helper(true), Duration::from_secs(1));
+        assert!(
+            s.contains("dropped a reference: established 3, request 4"),
+            "{s}"
+        );
+        assert!(s.contains("(unmatched): established 3"), "{s}");
     }
 }

@@ -46,7 +46,7 @@ pub struct Tuple {
 }
 
 /// The per-family TCP state of /proc/net/tcp{,6} (`st` column).
-const TCP_ESTABLISHED: u8 = 1;
+pub(super) const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_RECV: u8 = 3; // how request sockets are listed
 const TCP_TIME_WAIT: u8 = 6;
 
@@ -398,7 +398,7 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpRow> {
 }
 
 /// Waits until /proc/thread-self/net/tcp lists (local, remote) in `state`.
-fn wait_for_tcp_state(local: SocketAddr, remote: SocketAddr, state: u8) -> Result<()> {
+pub(super) fn wait_for_tcp_state(local: SocketAddr, remote: SocketAddr, state: u8) -> Result<()> {
     let path = match local {
         SocketAddr::V4(_) => "/proc/thread-self/net/tcp",
         SocketAddr::V6(_) => "/proc/thread-self/net/tcp6",

@@ -5,7 +5,9 @@
 //! - tc and XDP programs run through BPF_PROG_TEST_RUN (`repeat = n`);
 //! - a cgroup/connect4 program runs once per connect() of a UDP socket;
 //! - a cgroup_skb/ingress program runs once per datagram our UDP socket
-//!   receives.
+//!   receives;
+//! - opt-in (`Workload::enable_sockhash`), a tc program that releases
+//!   sockets it took out of a SOCKHASH (see [`sockhash`]).
 //!
 //! Each program performs the case set in its config (lookup, tuple, len,
 //! netns_id, flags) against sockets the workload made in its own network
@@ -26,6 +28,7 @@ mod cgroup;
 pub mod cli;
 mod fixture;
 pub mod packet;
+pub mod sockhash;
 mod sys;
 mod tally;
 
@@ -42,6 +45,7 @@ use bpf::{wl_config, wl_tuple, Counters, WorkloadSkel};
 use cases::{cases_for, Case, Expect};
 use cgroup::{Netns, WorkloadCgroup};
 use fixture::{Fixture, Tuple};
+use sockhash::SockhashCase;
 
 pub use bpf::Counters as ProgramCounters;
 pub use cli::{run_cli, FamilyArg, WorkloadArgs};
@@ -118,6 +122,8 @@ pub struct Workload {
     /// Held for their Drop: closing a link detaches its program (and the
     /// kernel closes them if the process dies).
     _links: Vec<Link>,
+    /// The opt-in sockhash case (its own object and sockets).
+    sockhash: Option<SockhashCase>,
     fixture: Fixture,
     /// Only when a cgroup program runs (generic, sock_addr).
     cgroup: Option<WorkloadCgroup>,
@@ -198,6 +204,7 @@ impl Workload {
 
         Ok(Workload {
             _links: links,
+            sockhash: None,
             fixture,
             cgroup,
             netns,
@@ -208,6 +215,26 @@ impl Workload {
             duration: opts.duration,
             families,
         })
+    }
+
+    /// Adds the sockhash case to every round: `per_round` runs of a tc
+    /// program that holds an established socket from `bpf_sk_lookup_tcp`
+    /// while it releases another it took out of a SOCKHASH, so each run
+    /// adds one acquire, and two releases that drop a reference, one of
+    /// them of a reference no lookup helper took (an unmatched release).
+    /// Loads its own BPF object: without this call the workload's programs
+    /// and counts are the same as ever.
+    pub fn enable_sockhash(&mut self, per_round: u64) -> Result<()> {
+        let inside = self.netns.enter()?;
+        let case = SockhashCase::create(per_round).context("set up the sockhash case")?;
+        inside.leave()?;
+        self.sockhash = Some(case);
+        Ok(())
+    }
+
+    /// Runs per round of the sockhash case, if enabled.
+    pub fn sockhash_per_round(&self) -> Option<u64> {
+        self.sockhash.as_ref().map(|c| c.per_round)
     }
 
     /// The families this workload runs, in `Family` order.
@@ -234,13 +261,15 @@ impl Workload {
         cases_for(family, self.has_ipv6()).collect()
     }
 
-    /// Lookups per round, all families together.
+    /// Lookups per round, all families together (and the sockhash case's,
+    /// one per run).
     pub fn lookups_per_round(&self) -> u64 {
         self.families
             .iter()
             .map(|&f| self.cases(f).len() as u64)
             .sum::<u64>()
             * self.count
+            + self.sockhash_per_round().unwrap_or(0)
     }
 
     /// The cgroup holding the cgroup programs' driver sockets (none when
@@ -367,8 +396,41 @@ impl Workload {
                 }
             }
         }
+        let complete = self
+            .run_sockhash(ctl, &mut tally)
+            .context("tc sockhash case")?;
         inside.leave()?;
-        Ok((tally, true))
+        Ok((tally, complete))
+    }
+
+    /// The sockhash case's runs of one round, if enabled, in checked chunks.
+    fn run_sockhash(&self, ctl: &mut Control<'_>, tally: &mut Tally) -> Result<bool> {
+        let Some(case) = &self.sockhash else {
+            return Ok(true);
+        };
+        let mut left = case.per_round;
+        while left > 0 {
+            let n = left.min(ctl.chunk());
+            if !ctl.wait_turn() {
+                return Ok(false);
+            }
+            let d = case.run(n)?;
+            // What the program saw (`run` checked it is n of each): its
+            // lookups are a tc program's bpf_sk_lookup_tcp calls.
+            for c in SockClass::ALL {
+                tally.record(
+                    Family::Tc,
+                    Proto::Tcp,
+                    Outcome::Hit,
+                    Some(c),
+                    d.lookup_hits[c.index()],
+                );
+                tally.record_unmatched_release(c, d.map_hits[c.index()]);
+            }
+            ctl.done += n;
+            left -= n;
+        }
+        Ok(true)
     }
 
     fn run_case(

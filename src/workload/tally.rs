@@ -22,10 +22,14 @@ pub struct Tally {
     pub hits: BTreeMap<(Family, Proto, SockClass), u64>,
     /// Of those, the ones that took a reference (`SockClass::refcounted`).
     pub acquired: BTreeMap<(Family, Proto, SockClass), u64>,
-    /// `bpf_sk_release()` calls that dropped a reference.
+    /// `bpf_sk_release()` calls that dropped a reference (unmatched ones
+    /// included, as skprof's `release.dropped` counts them).
     pub released: BTreeMap<SockClass, u64>,
     /// `bpf_sk_release()` calls on a socket holding no reference (no-op).
     pub release_noop: BTreeMap<SockClass, u64>,
+    /// Of `released`, the references no lookup helper took (sockets taken
+    /// out of a SOCKHASH): what skprof calls unmatched releases.
+    pub release_unmatched: BTreeMap<SockClass, u64>,
 }
 
 fn add<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, n: u64) {
@@ -59,6 +63,18 @@ impl Tally {
         }
     }
 
+    /// Records `n` releases of `class` sockets whose reference came from
+    /// no lookup helper (`bpf_map_lookup_elem` on a SOCKHASH): they drop a
+    /// reference nothing in `acquired` took.
+    pub fn record_unmatched_release(&mut self, class: SockClass, n: u64) {
+        if class.refcounted() {
+            add(&mut self.released, class, n);
+            add(&mut self.release_unmatched, class, n);
+        } else {
+            add(&mut self.release_noop, class, n);
+        }
+    }
+
     pub fn merge(&mut self, other: &Tally) {
         self.rounds += other.rounds;
         for (&k, &n) in &other.runs {
@@ -78,6 +94,9 @@ impl Tally {
         }
         for (&k, &n) in &other.release_noop {
             add(&mut self.release_noop, k, n);
+        }
+        for (&k, &n) in &other.release_unmatched {
+            add(&mut self.release_unmatched, k, n);
         }
     }
 
@@ -126,6 +145,9 @@ impl Tally {
         for (&c, &n) in &self.release_noop {
             t.release_noop[c.index()] += n;
         }
+        for (&c, &n) in &self.release_unmatched {
+            t.release_unmatched[c.index()] += n;
+        }
         t
     }
 }
@@ -139,6 +161,9 @@ pub struct HelperTally {
     pub acquired: [[u64; SockClass::COUNT]; Helper::COUNT],
     pub released: [u64; SockClass::COUNT],
     pub release_noop: [u64; SockClass::COUNT],
+    /// Of `released`, references no lookup helper took. (Recordings do not
+    /// carry it yet: src/record's codec writes the fields above.)
+    pub release_unmatched: [u64; SockClass::COUNT],
 }
 
 impl HelperTally {
@@ -207,7 +232,7 @@ struct ClassCount {
 
 impl Serialize for Tally {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(Some(9))?;
         m.serialize_entry("rounds", &self.rounds)?;
         m.serialize_entry("total_calls", &self.total_calls())?;
         m.serialize_entry(
@@ -235,6 +260,10 @@ impl Serialize for Tally {
         let class1: fn(&SockClass, u64) -> ClassCount = |&class, count| ClassCount { class, count };
         m.serialize_entry("released", &Records(&self.released, class1))?;
         m.serialize_entry("release_noop", &Records(&self.release_noop, class1))?;
+        m.serialize_entry(
+            "release_unmatched",
+            &Records(&self.release_unmatched, class1),
+        )?;
         m.end()
     }
 }
@@ -301,13 +330,16 @@ struct Release<'a> {
     noop: u64,
     dropped_by_class: ByClass<'a>,
     noop_by_class: ByClass<'a>,
+    unmatched: u64,
+    unmatched_by_class: ByClass<'a>,
 }
 
 /// JSON, shaped like the interval rows of `skprof stat --json`:
 /// `{"helpers": {"bpf_sk_lookup_tcp": {"calls", "outcomes": {...},
 /// "hits_by_class": {...}, "acquired", "acquired_by_class": {...}}, ...},
-/// "release": {"dropped", "noop", "dropped_by_class", "noop_by_class"}}`,
-/// with only the functions that were called.
+/// "release": {"dropped", "noop", "dropped_by_class", "noop_by_class",
+/// "unmatched", "unmatched_by_class"}}`, with only the functions that were
+/// called. `dropped` includes the unmatched releases, as in `stat`.
 impl Serialize for HelperTally {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(2))?;
@@ -319,6 +351,8 @@ impl Serialize for HelperTally {
                 noop: self.release_noop.iter().sum(),
                 dropped_by_class: ByClass(&self.released),
                 noop_by_class: ByClass(&self.release_noop),
+                unmatched: self.release_unmatched.iter().sum(),
+                unmatched_by_class: ByClass(&self.release_unmatched),
             },
         )?;
         m.end()
@@ -455,5 +489,34 @@ mod tests {
         assert_eq!(h["release"]["dropped"], 13);
         assert_eq!(h["release"]["noop"], 5);
         assert_eq!(h["release"]["dropped_by_class"]["established"], 3);
+        assert_eq!(h["release"]["unmatched"], 0);
+        assert_eq!(h["release"]["unmatched_by_class"]["established"], 0);
+    }
+
+    #[test]
+    fn unmatched_releases_drop_references_no_lookup_took() {
+        let mut t = sample();
+        t.record_unmatched_release(SockClass::Established, 4);
+        assert_eq!(t.released.get(&SockClass::Established), Some(&7));
+        assert_eq!(t.release_unmatched.get(&SockClass::Established), Some(&4));
+        // Acquired is unchanged: released = acquired + unmatched.
+        let acq: u64 = t.acquired.values().sum();
+        let rel: u64 = t.released.values().sum();
+        assert_eq!(rel, acq + 4);
+        assert_eq!(t.total_calls(), 25, "not a lookup helper call");
+        let mut m = Tally::default();
+        m.merge(&t);
+        assert_eq!(m, t);
+        let h = serde_json::to_value(t.by_helper(true)).unwrap();
+        assert_eq!(h["release"]["dropped"], 17);
+        assert_eq!(h["release"]["unmatched"], 4);
+        assert_eq!(h["release"]["unmatched_by_class"]["established"], 4);
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["release_unmatched"][0]["count"], 4);
+        // A socket holding no reference: a no-op release, not unmatched.
+        let mut u = Tally::default();
+        u.record_unmatched_release(SockClass::Listener, 2);
+        assert!(u.release_unmatched.is_empty());
+        assert_eq!(u.release_noop.get(&SockClass::Listener), Some(&2));
     }
 }

@@ -27,7 +27,8 @@ use super::fixture::{wait_for_tcp_state, Tuple, TCP_ESTABLISHED};
 use super::packet;
 use crate::model::ids::{Proto, SockClass};
 
-#[allow(clippy::all, unused_imports, dead_code)]
+// The generated skeleton is unsafe code of libbpf-cargo's.
+#[allow(clippy::all, unused_imports, dead_code, unsafe_code)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/sockhash.skel.rs"));
 }

@@ -24,8 +24,6 @@ pub mod record;
 #[cfg(feature = "bpf")]
 pub mod tui;
 #[cfg(feature = "bpf")]
-pub mod vm;
-#[cfg(feature = "bpf")]
 pub mod workload;
 
 /// Without BPF only the workload's tally, which recordings carry.

@@ -28,8 +28,6 @@ pub mod session;
 #[cfg(feature = "bpf")]
 pub mod tui;
 #[cfg(feature = "bpf")]
-pub mod vm;
-#[cfg(feature = "bpf")]
 pub mod workload;
 
 /// Without BPF only the workload's tally, which recordings carry.

@@ -7,7 +7,9 @@ use std::path::Path;
 
 /// Top-level module of a source file under src/.
 fn module_of(path: &Path) -> Option<String> {
-    let rel = path.strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).ok()?;
+    let rel = path
+        .strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
+        .ok()?;
     let first = rel.components().next()?.as_os_str().to_str()?;
     Some(first.trim_end_matches(".rs").to_string())
 }
@@ -119,7 +121,10 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 #[test]
 fn top_level_modules_form_no_cycle() {
     let g = graph();
-    assert!(g.contains_key("session") && g.contains_key("model"), "{g:?}");
+    assert!(
+        g.contains_key("session") && g.contains_key("model"),
+        "{g:?}"
+    );
     if let Some(c) = cycle(&g) {
         panic!("module cycle: {}\ngraph: {g:#?}", c.join(" -> "));
     }

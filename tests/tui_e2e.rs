@@ -3,9 +3,10 @@
 //!
 //! - replay: `skprof top --replay` of a recording written here with known
 //!   figures: the table, sorting and the drill-down must show them.
-//! - live: `skprof top --workload` in Debian 6.1 and 6.12 guests, on their
-//!   serial console (`skprof-vm run --console` from inside a tmux pane, so
-//!   the serial port is the guest job's controlling terminal).
+//! - live (`--features vm-tests`): `skprof top --workload` in Debian 6.1
+//!   and 6.12 guests, on their serial console (`skprof-vm run --console`
+//!   from inside a tmux pane, so the serial port is the guest job's
+//!   controlling terminal).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,10 @@ use skprof::model::snapshot::{Cell, CellKey, ProgramRef, Snapshot};
 use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer};
 use skprof::tui::view::{fmt_count, fmt_ns, fmt_rate};
 
+#[cfg(feature = "vm-tests")]
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 /// A detached tmux server of our own (its own socket), with one pane
 /// running a command; killed on drop.
@@ -176,128 +179,136 @@ fn table_rows(screen: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A rate cell (950.0, 1.5k, 2.00M) as a number.
-fn rate(cell: &str) -> f64 {
-    let (num, mult) = match cell.chars().last() {
-        Some('k') => (&cell[..cell.len() - 1], 1e3),
-        Some('M') => (&cell[..cell.len() - 1], 1e6),
-        _ => (cell, 1.0),
-    };
-    num.parse::<f64>()
-        .unwrap_or_else(|_| panic!("not a rate: {cell}"))
-        * mult
-}
+/// The live half boots qemu guests: only with `--features vm-tests`.
+#[cfg(feature = "vm-tests")]
+mod live {
+    use super::*;
 
-/// Seconds since reset, from the header's third line.
-fn window_secs(screen: &str) -> f64 {
-    let l = screen
-        .lines()
-        .find(|l| l.contains("since reset"))
-        .unwrap_or_else(|| panic!("no window in:\n{screen}"));
-    let t = l.split("since reset ").nth(1).unwrap();
-    t.split(|c: char| c.is_whitespace() || c == 's')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// `skprof top --workload --by helper` in a guest: every helper family
-/// shows calls, the counts move between two looks, the drill-down opens,
-/// and `q` ends it with the terminal given back.
-#[test]
-fn live_top_on_the_vm_serial_console_6_12() {
-    live_top("6.12");
-}
-
-#[test]
-fn live_top_on_the_vm_serial_console_6_1() {
-    live_top("6.1");
-}
-
-fn live_top(kernel: &str) {
-    let cwd: PathBuf = std::env::current_dir().unwrap();
-    let t = Tmux::start(&format!("live{kernel}"), 120, 30, &|log| {
-        format!(
-            "cd {} && {SKPROF_VM} run --kernel {kernel} --console --timeout 300 -- \
-             sh -c '{SKPROF} top --workload --workload-duration 120 --by helper 2>{}'",
-            cwd.display(),
-            log.display()
-        )
-    });
-    // A whole frame (the serial line may be caught mid-draw): every traced
-    // helper's row (all 12 on 6.1 and 6.12, each once: a torn frame shows
-    // rows of the previous one beside the new) and the footer.
-    let whole = |s: &str| {
-        let rows = table_rows(s);
-        let names: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-        s.contains("workload running")
-            && rows.len() == 12
-            && names.len() == 12
-            && s.lines().any(|l| l.starts_with("q quit"))
-    };
-    let first = t.wait_for("the live dashboard", Duration::from_secs(240), |s| {
-        // Two readings: rates are known from the second one on.
-        whole(s) && window_secs(s) >= 2.0
-    });
-    let w1 = window_secs(&first);
-    let second = t.wait_for("a later reading", Duration::from_secs(60), |s| {
-        whole(s) && window_secs(s) >= w1 + 3.0
-    });
-    assert!(
-        first.contains("fentry") && first.contains("live"),
-        "header: {first}"
-    );
-    // One row per traced helper.
-    let rows_a = table_rows(&first);
-    let rows_b = table_rows(&second);
-    for (family, prefix) in [
-        ("generic", "sk"),
-        ("tc", "tc_"),
-        ("xdp", "xdp_"),
-        ("sock_addr", "sock_addr_"),
-    ] {
-        for rows in [&rows_a, &rows_b] {
-            let calling: Vec<&Vec<String>> = rows
-                .iter()
-                .filter(|r| r[0].starts_with(prefix) && rate(&r[1]) > 0.0)
-                .collect();
-            assert!(
-                !calling.is_empty(),
-                "{family}: no helper with calls/s > 0:\n{first}\n{second}"
-            );
-        }
+    /// A rate cell (950.0, 1.5k, 2.00M) as a number.
+    fn rate(cell: &str) -> f64 {
+        let (num, mult) = match cell.chars().last() {
+            Some('k') => (&cell[..cell.len() - 1], 1e3),
+            Some('M') => (&cell[..cell.len() - 1], 1e6),
+            _ => (cell, 1.0),
+        };
+        num.parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a rate: {cell}"))
+            * mult
     }
-    // Live: the acquired totals (since reset) moved.
-    let acq = |rows: &[Vec<String>]| -> u64 {
-        rows.iter().map(|r| r[7].parse::<u64>().unwrap_or(0)).sum()
-    };
-    assert!(
-        acq(&rows_b) > acq(&rows_a),
-        "ACQ did not grow:\n{first}\n{second}"
-    );
 
-    // Drill into the first row, then back, then quit.
-    t.keys(&["Enter"]);
-    let detail = t.wait_for("the drill-down", Duration::from_secs(60), |s| {
-        s.contains("call latency") && s.contains("outcomes")
-    });
-    assert!(
-        detail.contains("p50 ") && detail.contains("p99 "),
-        "{detail}"
-    );
-    t.keys(&["Escape"]);
-    t.wait_for("the table again", Duration::from_secs(60), |s| {
-        s.lines().any(|l| l.starts_with("HELPER "))
-    });
-    // As a person types: ESC and q at once would read as Alt-q.
-    std::thread::sleep(Duration::from_millis(300));
-    t.keys(&["q"]);
-    let status = t.wait_exit(Duration::from_secs(120));
-    let end = t.screen();
-    assert_eq!(status, 0, "{end}");
-    // The alternate screen is gone: the dashboard is not left on the terminal.
-    assert!(!end.contains("CALLS/s"), "terminal not restored:\n{end}");
+    /// Seconds since reset, from the header's third line.
+    fn window_secs(screen: &str) -> f64 {
+        let l = screen
+            .lines()
+            .find(|l| l.contains("since reset"))
+            .unwrap_or_else(|| panic!("no window in:\n{screen}"));
+        let t = l.split("since reset ").nth(1).unwrap();
+        t.split(|c: char| c.is_whitespace() || c == 's')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// `skprof top --workload --by helper` in a guest: every helper family
+    /// shows calls, the counts move between two looks, the drill-down opens,
+    /// and `q` ends it with the terminal given back.
+    #[test]
+    fn live_top_on_the_vm_serial_console_6_12() {
+        live_top("6.12");
+    }
+
+    #[test]
+    fn live_top_on_the_vm_serial_console_6_1() {
+        live_top("6.1");
+    }
+
+    fn live_top(kernel: &str) {
+        let cwd: PathBuf = std::env::current_dir().unwrap();
+        let vm = common::skprof_vm().display();
+        let t = Tmux::start(&format!("live{kernel}"), 120, 30, &|log| {
+            format!(
+                "cd {} && {vm} run --kernel {kernel} --console --timeout 300 -- \
+             sh -c '{SKPROF} top --workload --workload-duration 120 --by helper 2>{}'",
+                cwd.display(),
+                log.display()
+            )
+        });
+        // A whole frame (the serial line may be caught mid-draw): every traced
+        // helper's row (all 12 on 6.1 and 6.12, each once: a torn frame shows
+        // rows of the previous one beside the new) and the footer.
+        let whole = |s: &str| {
+            let rows = table_rows(s);
+            let names: std::collections::BTreeSet<&str> =
+                rows.iter().map(|r| r[0].as_str()).collect();
+            s.contains("workload running")
+                && rows.len() == 12
+                && names.len() == 12
+                && s.lines().any(|l| l.starts_with("q quit"))
+        };
+        let first = t.wait_for("the live dashboard", Duration::from_secs(240), |s| {
+            // Two readings: rates are known from the second one on.
+            whole(s) && window_secs(s) >= 2.0
+        });
+        let w1 = window_secs(&first);
+        let second = t.wait_for("a later reading", Duration::from_secs(60), |s| {
+            whole(s) && window_secs(s) >= w1 + 3.0
+        });
+        assert!(
+            first.contains("fentry") && first.contains("live"),
+            "header: {first}"
+        );
+        // One row per traced helper.
+        let rows_a = table_rows(&first);
+        let rows_b = table_rows(&second);
+        for (family, prefix) in [
+            ("generic", "sk"),
+            ("tc", "tc_"),
+            ("xdp", "xdp_"),
+            ("sock_addr", "sock_addr_"),
+        ] {
+            for rows in [&rows_a, &rows_b] {
+                let calling: Vec<&Vec<String>> = rows
+                    .iter()
+                    .filter(|r| r[0].starts_with(prefix) && rate(&r[1]) > 0.0)
+                    .collect();
+                assert!(
+                    !calling.is_empty(),
+                    "{family}: no helper with calls/s > 0:\n{first}\n{second}"
+                );
+            }
+        }
+        // Live: the acquired totals (since reset) moved.
+        let acq = |rows: &[Vec<String>]| -> u64 {
+            rows.iter().map(|r| r[7].parse::<u64>().unwrap_or(0)).sum()
+        };
+        assert!(
+            acq(&rows_b) > acq(&rows_a),
+            "ACQ did not grow:\n{first}\n{second}"
+        );
+
+        // Drill into the first row, then back, then quit.
+        t.keys(&["Enter"]);
+        let detail = t.wait_for("the drill-down", Duration::from_secs(60), |s| {
+            s.contains("call latency") && s.contains("outcomes")
+        });
+        assert!(
+            detail.contains("p50 ") && detail.contains("p99 "),
+            "{detail}"
+        );
+        t.keys(&["Escape"]);
+        t.wait_for("the table again", Duration::from_secs(60), |s| {
+            s.lines().any(|l| l.starts_with("HELPER "))
+        });
+        // As a person types: ESC and q at once would read as Alt-q.
+        std::thread::sleep(Duration::from_millis(300));
+        t.keys(&["q"]);
+        let status = t.wait_exit(Duration::from_secs(120));
+        let end = t.screen();
+        assert_eq!(status, 0, "{end}");
+        // The alternate screen is gone: the dashboard is not left on the terminal.
+        assert!(!end.contains("CALLS/s"), "terminal not restored:\n{end}");
+    }
 }
 
 /// One aggregate of the recording: a program's calls of a helper with one

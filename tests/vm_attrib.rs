@@ -4,7 +4,7 @@
 //! as untraceable, respect its capacity, and detach and free the slots once
 //! the workload is gone.
 //!
-//! Each test re-runs its own test binary inside `skprof::vm::run` with
+//! Each test re-runs its own test binary inside `skprof_vm::run` with
 //! `SKPROF_ATTRIB_IN_VM=1` (SKPROF_* variables pass into the guest), which
 //! makes the same test do the in-guest part instead.
 
@@ -16,8 +16,8 @@ use skprof::attrib::{attach::NOT_BY_LINK, Attachment, Attributor, Method, Traced
 use skprof::bpf::probes::{ProbeMode, ProbeOptions, Probes};
 use skprof::kernel::KernelFunctions;
 use skprof::model::ids::{Family, Helper, Proto};
-use skprof::vm::{self, Job, Kernel, VmConfig};
 use skprof::workload::{Workload, WorkloadOpts, ALL_FAMILIES};
+use skprof_vm::{self as vm, Job, Kernel, VmConfig};
 
 const IN_VM: &str = "SKPROF_ATTRIB_IN_VM";
 

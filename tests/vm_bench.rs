@@ -8,8 +8,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 fn bench(kernel: &str, extra: &[&str]) -> Value {
     let short = ["--repeat", "1000", "--runs", "1"];
@@ -18,7 +19,7 @@ fn bench(kernel: &str, extra: &[&str]) -> Value {
 
 /// `skprof bench --json ARGS` in a guest booted with `vm_flags`.
 fn bench_in(vm_flags: &[&str], kernel: &str, args: &[&str]) -> Value {
-    let out = Command::new(SKPROF_VM)
+    let out = Command::new(common::skprof_vm())
         .arg("run")
         .args(vm_flags)
         .args(["--kernel", kernel, "--timeout", "600", "--", SKPROF])

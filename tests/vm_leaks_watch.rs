@@ -5,12 +5,11 @@
 //! SIGTERM stops with exit code 0 and leaves nothing attached.
 //! `exit_on_leak_6_12` (ignored by default: loading the probes takes ~25 s
 //! under TCG, and CI's budget for this file is a minute; run it with
-//! `cargo test --release --test vm_leaks_watch -- --ignored`): with
+//! `cargo test --release --features vm-tests --test vm_leaks_watch --
+//! --ignored`): with
 //! `--max-groups 1 --exit-on-leak` the groups past the bound are counted
-//! and the watch exits with code 5 at the first leak.
-//!
-//! Also, on the host: the systemd units in `packaging/` pass
-//! `systemd-analyze verify`.
+//! and the watch exits with code 5 at the first leak. (The systemd units'
+//! `systemd-analyze verify` is a host test: tests/host_cli.rs.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -177,7 +176,7 @@ echo "exit $?"
 /// `--max-groups 1 --exit-on-leak`: one group remembered, the others
 /// counted, exit code 5 at the first scan with a leak.
 fn exit_on_leak(kernel: &str) {
-    let out = Command::new(common::SKPROF_VM)
+    let out = Command::new(common::skprof_vm())
         .args(["run", "--kernel", kernel, "--timeout", "400", "--", SKPROF])
         .args([
             "leaks",
@@ -235,47 +234,4 @@ fn watch_6_1() {
 #[test]
 fn watch_6_12() {
     watch("6.12");
-}
-
-/// The units in packaging/ pass `systemd-analyze verify` (with ExecStart
-/// pointed at the binary just built: verify checks it exists).
-#[test]
-fn systemd_units_verify() {
-    let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
-        // scripts/deps.sh installs it (Debian's `systemd`).
-        eprintln!("SKIPPED: systemd-analyze not installed (scripts/deps.sh installs systemd)");
-        return;
-    };
-    assert!(v.status.success());
-    let dir = tmp_base("units");
-    std::fs::create_dir_all(&dir).unwrap();
-    let packaging = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging");
-    let mut units = Vec::new();
-    for e in std::fs::read_dir(packaging).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "service") {
-            let text = std::fs::read_to_string(&p).unwrap();
-            assert!(text.contains("ExecStart=/usr/local/bin/skprof "), "{p:?}");
-            // Both take SIGHUP for a rescan and are not restarted on usage,
-            // kernel and privilege errors.
-            assert!(text.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{p:?}");
-            assert!(text.contains("RestartPreventExitStatus=2 3 4"), "{p:?}");
-            let to = dir.join(p.file_name().unwrap());
-            std::fs::write(&to, text.replace("/usr/local/bin/skprof", SKPROF)).unwrap();
-            units.push(to);
-        }
-    }
-    assert!(units.len() >= 2, "{units:?}");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(&units)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -7,11 +7,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
-const SKPROF_VM: &str = env!("CARGO_BIN_EXE_skprof-vm");
 
 fn in_vm(kernel: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(SKPROF_VM)
+    let out = Command::new(common::skprof_vm())
         .args(["run", "--kernel", kernel, "--timeout", "400", "--", SKPROF])
         .args(args)
         .output()

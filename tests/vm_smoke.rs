@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use skprof::vm::{self, Job, Kernel, VmConfig};
+use skprof_vm::{self as vm, Job, Kernel, VmConfig};
 
 /// The job: record facts about the guest in `$1`, serve one TCP connection
 /// on the forwarded port, then exit 7 with known output.

@@ -172,14 +172,21 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     // The baseline: its counters are where the trace's losses count from.
     let base = live.next(&signals)?.context("stopped at start")?;
     let mut tracer = match &args.trace {
-        Some(path) => Some(Tracer::create(path, &info, args.session.ledger_size, &base)?),
+        Some(path) => Some(Tracer::create(
+            path,
+            &info,
+            args.session.ledger_size,
+            &base,
+        )?),
         None => None,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", session::start_line(&info, &base.attribution)).context("write to stdout")?;
+        writeln!(out, "{}", session::start_line(&info, &base.attribution))
+            .context("write to stdout")?;
     } else {
-        writeln!(out, "{}", session::banner(&info, &base.attribution)).context("write to stdout")?;
+        writeln!(out, "{}", session::banner(&info, &base.attribution))
+            .context("write to stdout")?;
     }
     out.flush().context("flush stdout")?;
     // Kept alive until the end: its sockets are the ones the report names.
@@ -316,8 +323,7 @@ impl Tracer {
         writeln!(
             file,
             "# skprof ledger trace v2: kernel {}, {} probes, ledger_size {ledger_size}",
-            info.kernel,
-            info.probe_mode
+            info.kernel, info.probe_mode
         )
         .with_context(|| format!("write {}", path.display()))?;
         Ok(Tracer {
@@ -352,7 +358,11 @@ impl Tracer {
         out: &mut impl Write,
     ) -> Result<()> {
         self.feed(&last.trace)?;
-        let kernel = last.ledger.as_ref().map(|l| l.refs.clone()).unwrap_or_default();
+        let kernel = last
+            .ledger
+            .as_ref()
+            .map(|l| l.refs.clone())
+            .unwrap_or_default();
         let quiescent = late.trace.is_empty();
         self.feed(&late.trace)?;
         self.file
@@ -462,7 +472,10 @@ fn watch(args: &LeaksArgs) -> Result<()> {
         format: args.log_format,
     };
     let signals = Signals::install()?;
-    let mut live = LiveSource::start(&args.session.options(), Duration::from_secs_f64(args.interval))?;
+    let mut live = LiveSource::start(
+        &args.session.options(),
+        Duration::from_secs_f64(args.interval),
+    )?;
     let info = live.info();
     let base = live.next(&signals)?.context("stopped at start")?;
     let older_than_ns = args.older_than.as_nanos() as u64;
@@ -478,7 +491,10 @@ fn watch(args: &LeaksArgs) -> Result<()> {
             ("ledger_size", args.session.ledger_size.into()),
             ("older_than_ms", (older_than_ns as f64 / 1e6).into()),
             ("interval_s", args.interval.into()),
-            ("summary_interval_s", args.summary_interval.as_secs_f64().into()),
+            (
+                "summary_interval_s",
+                args.summary_interval.as_secs_f64().into(),
+            ),
             ("max_groups", args.max_groups.into()),
             ("stacks", args.session.stacks.into()),
         ],
@@ -832,7 +848,10 @@ mod tests {
         };
         let a = parse(&["--watch"]).unwrap();
         assert_eq!(a.log_format, LogFormat::Text);
-        assert_eq!((a.summary_interval, a.max_groups), (Duration::from_secs(60), 1024));
+        assert_eq!(
+            (a.summary_interval, a.max_groups),
+            (Duration::from_secs(60), 1024)
+        );
         assert!(!a.log_tuples && !a.exit_on_leak);
         let a = parse(&["2", "--watch", "--log-format", "json", "--max-groups", "5"]).unwrap();
         assert_eq!(

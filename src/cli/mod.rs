@@ -2,7 +2,6 @@
 //! commands, and the background workload.
 
 pub mod bench;
-pub mod bench_report;
 pub mod check;
 pub mod daemon;
 pub mod export;
@@ -72,10 +71,6 @@ pub enum Command {
     /// /metrics (a daemon: loopback by default, structured logs, SIGHUP
     /// rescans the programs).
     Export(export::ExportArgs),
-    /// Time `skprof report` on a synthetic recording of 10 million calls,
-    /// as a ratio to reading it (scripts/bench-report).
-    #[command(hide = true)]
-    BenchReport(bench_report::BenchReportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -90,7 +85,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(&a),
         Command::Record(a) => record::run(&a),
         Command::Report(a) => report::run(&a),
-        Command::BenchReport(a) => bench_report::run(&a),
     }
 }
 

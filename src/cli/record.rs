@@ -89,10 +89,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     };
     let mut writer = Writer::with_file(file, &args.output, &meta)?;
     writer.append(&Frame::Interval(Box::new(Interval::of(&base))))?;
-    eprintln!(
-        "{}",
-        session::banner(&info, &live.session().attribution())
-    );
+    eprintln!("{}", session::banner(&info, &live.session().attribution()));
     eprintln!(
         "Recording to {} every {:?}.",
         args.output.display(),

@@ -310,15 +310,19 @@ impl Exporter {
             if let Some(g) = self.gone.iter().find(|g| g.slot == slot) {
                 return g.prog.clone();
             }
-            r.reading.programs.get(&slot).cloned().unwrap_or(ProgramRef {
-                slot,
-                id: 0,
-                name: if slot == 0 {
-                    "(not traced)".into()
-                } else {
-                    format!("slot {slot}")
-                },
-            })
+            r.reading
+                .programs
+                .get(&slot)
+                .cloned()
+                .unwrap_or(ProgramRef {
+                    slot,
+                    id: 0,
+                    name: if slot == 0 {
+                        "(not traced)".into()
+                    } else {
+                        format!("slot {slot}")
+                    },
+                })
         };
         let plabels =
             |p: &ProgramRef| vec![("program", p.name.clone()), ("prog_id", p.id.to_string())];

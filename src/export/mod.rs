@@ -565,7 +565,9 @@ pub(crate) mod tests {
         c.hist = LogHist::from_values(&[150, 160, 170]);
         c.calls = 3;
         e.update(&mut r, &[1]);
-        assert!(!r.reading.programs.contains_key(&1) && r.reading.snapshot.programs() == vec![0, 2]);
+        assert!(
+            !r.reading.programs.contains_key(&1) && r.reading.snapshot.programs() == vec![0, 2]
+        );
         assert_eq!(calls_of(&e, &r, "tc_steer"), Some(7.0));
         let om = parse(&e.render(&r).unwrap().openmetrics);
         assert_eq!(

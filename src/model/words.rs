@@ -145,7 +145,10 @@ mod tests {
             b.text,
             "balanced; 137 releases of references no traced lookup took"
         );
-        assert_eq!((b.acquired, b.released, b.unmatched_releases), (403, 403, 137));
+        assert_eq!(
+            (b.acquired, b.released, b.unmatched_releases),
+            (403, 403, 137)
+        );
     }
 
     #[test]
@@ -163,17 +166,26 @@ mod tests {
     #[test]
     fn programs_read_the_same_everywhere() {
         assert_eq!(program_label(&program_ref(3, 42, "tc_in")), "tc_in[42]");
-        assert_eq!(program_label(&program_ref_unknown(UNATTRIBUTED)), NOT_TRACED);
+        assert_eq!(
+            program_label(&program_ref_unknown(UNATTRIBUTED)),
+            NOT_TRACED
+        );
         assert_eq!(program_label(&program_ref_unknown(7)), "slot 7 (gone)");
         assert_eq!(program_by_id(42, Some("tc_in")), "tc_in[42]");
         assert_eq!(program_by_id(42, None), "prog 42");
         assert_eq!(program_by_id(0, Some("x")), NOT_TRACED);
-        assert_eq!(truncate("cilium_tproxy_ingress_handler[42]", 24), "cilium_tproxy_ingress_h…");
+        assert_eq!(
+            truncate("cilium_tproxy_ingress_handler[42]", 24),
+            "cilium_tproxy_ingress_h…"
+        );
     }
 
     #[test]
     fn hold_coverage_says_what_is_timed() {
-        assert_eq!(hold_coverage(5, 5), "hold time of all 5 released references");
+        assert_eq!(
+            hold_coverage(5, 5),
+            "hold time of all 5 released references"
+        );
         assert!(hold_coverage(2, 5).contains("2 of 5"));
     }
 }

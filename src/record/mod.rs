@@ -10,12 +10,13 @@
 mod codec;
 pub mod compare;
 mod file;
-#[doc(hidden)]
+#[cfg(any(test, feature = "dev"))]
 pub mod fuzzing;
 pub mod html;
 pub mod plot;
 pub mod render;
 pub mod summary;
+#[cfg(any(test, feature = "dev"))]
 pub mod synth;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,7 +1,8 @@
 //! Synthetic recordings: what `skprof record` would write for a busy
 //! Cilium-style host, made up deterministically from a seed, for the
-//! report benchmark (`skprof bench-report`, `scripts/bench-report`) and the
-//! fuzzer's seeds.
+//! report benchmark (`skprof-dev bench-report`, `scripts/bench-report`)
+//! and the fuzzer's seeds. Dev-only: built for unit tests and with the
+//! `dev` feature, never into the skprof binary.
 //!
 //! Every lookup helper is traced; a few tc, XDP and sock_addr programs call
 //! their family's TCP, UDP and skc lookups, and an untraced program the

@@ -275,7 +275,10 @@ impl LiveSource {
             // A failed rescan leaves the attributed programs as they were;
             // the next reading says why.
             self.rescan = self.session.rescan().unwrap_or_else(|e| Rescan {
-                failed: Some(format!("rescan of the BPF programs: {}", crate::error::one_line(&e))),
+                failed: Some(format!(
+                    "rescan of the BPF programs: {}",
+                    crate::error::one_line(&e)
+                )),
                 ..Rescan::default()
             });
             if std::mem::take(&mut self.hup) {

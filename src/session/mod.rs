@@ -16,8 +16,8 @@ mod signals;
 mod source;
 mod workload;
 
-pub use live::LiveSource;
 pub use crate::model::reading::{AttributionInfo, Reading, SourceInfo};
+pub use live::LiveSource;
 pub use replay::ReplaySource;
 pub use signals::Signals;
 pub use source::{process_cpu_ns, Collector, CpuMeter, Msg, Source};
@@ -178,8 +178,10 @@ impl Session {
             }
             // Tracing a BPF program needs fentry/fexit: stacks in kprobe mode.
             by => {
-                let mut a =
-                    Attributor::new(opts.max_programs as usize, kprobes || by == AttributeBy::Stack);
+                let mut a = Attributor::new(
+                    opts.max_programs as usize,
+                    kprobes || by == AttributeBy::Stack,
+                );
                 a.set_trace(opts.ledger_trace);
                 (Some(a), None)
             }
@@ -275,13 +277,12 @@ impl Session {
             };
         };
         let by_stack = a.programs().filter(|p| p.method == Method::Stack).count();
-        let mode = if self.probes.kind() == ProbeKind::Kprobe
-            || self.attribute_by == AttributeBy::Stack
-        {
-            "stack"
-        } else {
-            "trace"
-        };
+        let mode =
+            if self.probes.kind() == ProbeKind::Kprobe || self.attribute_by == AttributeBy::Stack {
+                "stack"
+            } else {
+                "trace"
+            };
         AttributionInfo {
             mode: mode.into(),
             off_reason: None,

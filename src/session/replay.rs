@@ -116,11 +116,7 @@ impl Source for ReplaySource {
         let mut r = cur.into_reading();
         r.ledger = self.ledger.clone();
         r.run_leaks = std::mem::take(&mut self.run_leaks);
-        r.status = Some(format!(
-            "frame {} · {} UTC",
-            self.played,
-            clock(r.unix_ms)
-        ));
+        r.status = Some(format!("frame {} · {} UTC", self.played, clock(r.unix_ms)));
         Ok(Some(r))
     }
 
@@ -131,4 +127,3 @@ impl Source for ReplaySource {
         }
     }
 }
-

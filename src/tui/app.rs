@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::ledger::LedgerScan;
-use crate::model::reading::{Reading, SourceInfo};
 use crate::model::hist::{LogHist, Percentiles};
 use crate::model::ids::{Helper, Outcome, SockClass};
+use crate::model::ledger::LedgerScan;
 use crate::model::ledger::OutstandingRef;
+use crate::model::reading::{Reading, SourceInfo};
 use crate::model::snapshot::{
     Cell, CellKey, Grouping, HelperStats, IntervalStats, Snapshot, UNATTRIBUTED,
 };

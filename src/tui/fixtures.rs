@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::app::{Action, App};
-use crate::model::ledger::LedgerScan;
-use crate::model::reading::{Reading, SourceInfo};
 use crate::model::hist::LogHist;
 use crate::model::ids::{Helper, Outcome, SockClass};
+use crate::model::ledger::LedgerScan;
 use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
+use crate::model::reading::{Reading, SourceInfo};
 use crate::model::snapshot::{Cell, CellKey, Grouping, ProgramRef, Snapshot};
 
 pub const INIT_NS: u32 = 4026531840;

@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use crossterm::event::{self, Event};
 
 use crate::model::snapshot::Grouping;
-use app::{Action, App};
 use crate::session::{Collector, Msg, Source};
+use app::{Action, App};
 
 /// What the UI thread waits for.
 enum Input {
@@ -132,6 +132,6 @@ fn ui_loop(
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod replay_tests;
+#[cfg(test)]
+mod tests;

@@ -6,11 +6,11 @@ mod tests {
 
     use super::super::app::{Action, App};
     use super::super::fixtures;
+    use crate::model::snapshot::Grouping;
     use crate::record::{Frame, Interval, Meta};
+    use crate::record::{Leaks, LedgerScan, Writer};
     use crate::session::{ReplaySource, Signals, Source};
     use std::time::{Duration, Instant};
-    use crate::model::snapshot::Grouping;
-    use crate::record::{Leaks, LedgerScan, Writer};
 
     /// The fixture session written as `skprof record` writes it: an
     /// interval frame per reading, each followed by a leaks frame.

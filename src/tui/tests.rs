@@ -7,10 +7,10 @@ use ratatui::style::Color;
 use ratatui::Terminal;
 
 use super::app::{Action, App, Column, RowKey, Screen, Window, HISTORY};
-use crate::model::reading::Reading;
 use super::fixtures::{app_with, batch, INIT_NS, POD_NS};
 use super::view;
 use crate::model::ids::Helper;
+use crate::model::reading::Reading;
 use crate::model::snapshot::Grouping;
 
 fn terminal(w: u16, h: u16) -> Terminal<TestBackend> {

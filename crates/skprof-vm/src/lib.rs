@@ -1,4 +1,6 @@
-//! VM harness: run one command under a real Debian kernel in qemu.
+//! skprof-vm: run one command under a real Debian kernel in qemu; the
+//! harness skprof's VM tests and scripts use (a dev tool, not part of the
+//! `skprof` binary).
 //!
 //! Why: the BPF programs we profile need fentry/fexit and kprobes, which the
 //! development hosts' kernels refuse, and KVM does not work there. So we boot
@@ -9,7 +11,7 @@
 //! the host filesystem.
 //!
 //! ```no_run
-//! use skprof::vm::{self, Job, Kernel, VmConfig};
+//! use skprof_vm::{self as vm, Job, Kernel, VmConfig};
 //! let out = vm::run(&VmConfig::new(Kernel::V6_12), &Job::new(["uname", "-r"]))?;
 //! assert_eq!(out.status, 0);
 //! # anyhow::Ok(())

@@ -1,9 +1,8 @@
-//! `skprof bench-report` (hidden; `scripts/bench-report`): how long
-//! `skprof report` takes on a large recording, as a ratio to merely reading
-//! it.
+//! `skprof-dev bench-report` (`scripts/bench-report`): how long `skprof
+//! report` takes on a large recording, as a ratio to merely reading it.
 //!
 //! It writes a synthetic recording (`record::synth`: 10 million calls by
-//! default), then times, as child processes, `skprof bench-report
+//! default), then times, as child processes, `skprof-dev bench-report
 //! --read-only FILE` (open the file and decode every frame) and `skprof
 //! report FILE -o DIR --format F` for every format `report` has, and prints
 //! the minimum of `--runs` of each and its ratio to the read.
@@ -15,9 +14,9 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 
-use crate::record::render::Format;
-use crate::record::synth::{self, Spec};
-use crate::record::{Frame, Reader};
+use skprof::record::render::Format;
+use skprof::record::synth::{self, Spec};
+use skprof::record::{Frame, Reader};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchReportArgs {
@@ -46,6 +45,9 @@ pub struct BenchReportArgs {
     /// the baseline the report is timed against.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["keep", "format"])]
     pub read_only: Option<PathBuf>,
+    /// The skprof binary to time (default: `skprof` beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub skprof: Option<PathBuf>,
 }
 
 /// Reads every frame; returns (readings, calls: the last reading's minus
@@ -74,7 +76,7 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs `skprof ARGS` `runs` times; the fastest wall-clock time, seconds.
+/// Runs `EXE ARGS` `runs` times; the fastest wall-clock time, seconds.
 fn time_min(exe: &Path, args: &[&str], runs: u32) -> Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..runs {
@@ -85,11 +87,12 @@ fn time_min(exe: &Path, args: &[&str], runs: u32) -> Result<f64> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .with_context(|| format!("run skprof {}", args.join(" ")))?;
+            .with_context(|| format!("run {} {}", exe.display(), args.join(" ")))?;
         let secs = t.elapsed().as_secs_f64();
         if !out.status.success() {
             bail!(
-                "skprof {} failed: {}",
+                "{} {} failed: {}",
+                exe.display(),
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
@@ -105,7 +108,18 @@ pub fn run(args: &BenchReportArgs) -> Result<()> {
         println!("{readings} readings, {calls} calls");
         return Ok(());
     }
-    let exe = std::env::current_exe().context("find skprof's own executable")?;
+    let me = std::env::current_exe().context("find skprof-dev's own executable")?;
+    let skprof = match &args.skprof {
+        Some(p) => p.clone(),
+        None => me.with_file_name("skprof"),
+    };
+    if !skprof.is_file() {
+        bail!(
+            "{}: no skprof binary there (build it: cargo build --release --bin skprof; \
+             or pass --skprof PATH)",
+            skprof.display()
+        );
+    }
     let scratch =
         Scratch(std::env::temp_dir().join(format!("skprof-bench-report-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)
@@ -151,7 +165,7 @@ pub fn run(args: &BenchReportArgs) -> Result<()> {
         "fastest of {} runs, each a process     seconds   x read",
         args.runs
     );
-    let read = time_min(&exe, &["bench-report", "--read-only", file_s], args.runs)?;
+    let read = time_min(&me, &["bench-report", "--read-only", file_s], args.runs)?;
     println!(
         "  {:<36} {read:>7.3}   {:>6.2}",
         "read (decode every frame)", 1.0
@@ -161,7 +175,7 @@ pub fn run(args: &BenchReportArgs) -> Result<()> {
         let ext = f.extension();
         let label = format!("report --format {ext}");
         match time_min(
-            &exe,
+            &skprof,
             &["report", file_s, "-o", out_s, "--format", ext],
             args.runs,
         ) {

@@ -1,5 +1,5 @@
 //! skprof-vm: run a command under a Debian kernel in qemu (TCG), with the
-//! host's `/` as the guest's root. See `skprof::vm`.
+//! host's `/` as the guest's root. See the `skprof_vm` library.
 //!
 //! Exit codes of `run`: the job's own exit status; 124 if the VM timed out;
 //! 125 for harness failures (download, virtiofsd, qemu, guest panic), so
@@ -9,7 +9,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use skprof::vm::{self, Cache, CachedKernel, Job, Kernel, Output, VmConfig};
+use skprof_vm::{self as vm, Cache, CachedKernel, Job, Kernel, Output, VmConfig};
 
 /// Exit code for harness failures.
 const EXIT_HARNESS: u8 = 125;

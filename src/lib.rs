@@ -1,8 +1,12 @@
 //! skprof: a live profiler for the BPF socket-lookup helpers.
 //!
 //! One lookup's path: `bpf/skprof.bpf.c` aggregates it in per-CPU maps →
-//! `bpf::probes` reads and merges them into a `model::snapshot::Snapshot` →
-//! `model` turns two snapshots into interval statistics → `cli` prints them.
+//! `bpf::probes` (the seam) reads them into a `model::snapshot::Snapshot` →
+//! `session` takes one `model::reading::Reading` per interval (the live
+//! source, or a recording replayed) → `model` turns readings into windows
+//! and statistics, worded once (`model::words`) → the faces print them:
+//! `cli` (stat, leaks, export), `tui` (top), `record` (record, report).
+//! `cli` only parses and dispatches; no face imports it.
 //!
 //! `model` and `record` are the core: no BPF, no terminal, no sockets. They
 //! build alone with `--no-default-features` (the fuzz target's build).
@@ -30,9 +34,3 @@ pub mod tui;
 #[cfg(feature = "bpf")]
 pub mod workload;
 
-/// Without BPF only the workload's tally, which recordings carry.
-#[cfg(not(feature = "bpf"))]
-pub mod workload {
-    mod tally;
-    pub use tally::{HelperTally, Tally};
-}

@@ -10,7 +10,7 @@ use skprof::model::hist::LogHist;
 use skprof::model::ids::{Helper, Outcome, SockClass};
 use skprof::model::snapshot::{Cell, CellKey, Grouping, IntervalStats, ProgramRef, Snapshot};
 use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer, FORMAT_VERSION, MAGIC};
-use skprof::workload::HelperTally;
+use skprof::model::tally::HelperTally;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 

@@ -177,6 +177,38 @@ fn exact_counts(kernel: &str, mode: &str) {
     }
 }
 
+/// `stat --workload` whose COUNT ends before the workload (no rounds, no
+/// duration): the workload is stopped before the last reading and its
+/// traffic (cgroup_skb and XDP lookups run as packets arrive) drained, so
+/// the last interval and the workload's line agree on every helper.
+fn count_ends_before_the_workload(kernel: &str) {
+    let script = format!("{SKPROF} stat --json --cumulative --workload --workload-count 5 1 3");
+    let (last, expected) = stat_totals(kernel, &script);
+    let exp_helpers = expected["helpers"].as_object().expect("expected.helpers");
+    assert!(
+        !exp_helpers.is_empty(),
+        "{kernel}: the workload ran: {expected}"
+    );
+    let mut checked = 0;
+    for row in last["helpers"].as_array().expect("helpers") {
+        let name = row["helper"].as_str().unwrap();
+        let want = exp_helpers.get(name).map_or(0, |e| u(&e["calls"]));
+        assert_eq!(u(&row["calls"]), want, "{kernel}: {name} calls");
+        checked += u64::from(want > 0);
+    }
+    assert_eq!(
+        checked,
+        exp_helpers.len() as u64,
+        "{kernel}: every driven helper"
+    );
+    assert_eq!(
+        u(&last["release"]["dropped"]),
+        u(&expected["release"]["dropped"]),
+        "{kernel}: releases"
+    );
+    assert_eq!(last["balance"]["verdict"], "balanced", "{kernel}: {last}");
+}
+
 /// `--by program` with two copies of the workload: every call is
 /// attributed to the program that made it, two programs per helper, by
 /// program tracing or (`flags`: kprobe mode, `--attribute-by stack`) by
@@ -376,6 +408,16 @@ fn kprobe_exact_counts_6_1() {
 #[test]
 fn kprobe_exact_counts_6_12() {
     exact_counts("6.12", "kprobe");
+}
+
+#[test]
+fn count_ends_before_the_workload_6_1() {
+    count_ends_before_the_workload("6.1");
+}
+
+#[test]
+fn count_ends_before_the_workload_6_12() {
+    count_ends_before_the_workload("6.12");
 }
 
 #[test]

@@ -79,7 +79,18 @@ pub fn run(args: &StatArgs) -> Result<()> {
     let mut window = Window::default();
     let mut started_ns = None;
     let mut n = 0u64;
-    while let Some(r) = live.next(&signals)? {
+    loop {
+        // The last reading comes after the workload stopped and its traffic
+        // drained, so it holds every call the workload's line counts.
+        if args.count.is_some_and(|c| n + 1 >= c) {
+            live.last_reading_next();
+        }
+        let Some(r) = live.next(&signals)? else {
+            break;
+        };
+        for e in &r.errors {
+            eprintln!("skprof: {e}");
+        }
         let started = *started_ns.get_or_insert(r.mono_ns());
         // The first reading is the baseline.
         let Some(step) = window.push(r.snapshot.clone(), &r.freed_slots) else {
@@ -115,11 +126,6 @@ pub fn run(args: &StatArgs) -> Result<()> {
         n += 1;
         if r.workload_done || args.count.is_some_and(|c| n >= c) {
             break;
-        }
-        // The last reading comes after the workload stopped and its traffic
-        // drained, so it holds every call the workload's line counts.
-        if args.count.is_some_and(|c| n + 1 >= c) {
-            live.last_reading_next();
         }
     }
     if let Some(expected) = live.workload_tally()? {

@@ -8,5 +8,6 @@ pub mod ledger;
 pub mod ledger_model;
 pub mod reading;
 pub mod snapshot;
+pub mod tally;
 pub mod window;
 pub mod words;

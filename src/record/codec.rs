@@ -10,7 +10,7 @@ use crate::model::hist::{LogHist, SLOTS};
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
 use crate::model::snapshot::{Cell, CellKey, Counters, ProgramRef, Snapshot};
-use crate::workload::HelperTally;
+use crate::model::tally::HelperTally;
 
 use super::{Interval, Leaks, LedgerScan, Meta};
 

@@ -32,7 +32,7 @@ pub use crate::model::ledger::LedgerScan;
 use crate::model::ledger::RunLeak;
 use crate::model::reading::Reading;
 use crate::model::snapshot::{Labels, ProgramRef, Snapshot};
-use crate::workload::HelperTally;
+use crate::model::tally::HelperTally;
 
 /// What was recorded where, by what: the first frame of every recording.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -20,7 +20,7 @@ use crate::model::ledger::{LeakReport, RunLeak};
 use crate::model::snapshot::{
     CellKey, Grouping, IntervalStats, ProgramRef, Snapshot, UNATTRIBUTED,
 };
-use crate::workload::HelperTally;
+use crate::model::tally::HelperTally;
 
 use super::{Interval, Leaks, LedgerScan, Meta};
 

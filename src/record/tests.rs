@@ -7,7 +7,7 @@ use crate::model::hist::LogHist;
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::{OutstandingRef, RunLeak, Tuple};
 use crate::model::snapshot::{Cell, CellKey, ProgramRef, Snapshot};
-use crate::workload::HelperTally;
+use crate::model::tally::HelperTally;
 
 /// A file of this test process, removed when dropped.
 pub struct Tmp(pub PathBuf);

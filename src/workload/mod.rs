@@ -30,7 +30,6 @@ mod fixture;
 pub mod packet;
 pub mod sockhash;
 mod sys;
-mod tally;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -49,7 +48,7 @@ use sockhash::SockhashCase;
 
 pub use bpf::Counters as ProgramCounters;
 pub use cli::{run_cli, FamilyArg, WorkloadArgs};
-pub use tally::{HelperTally, Tally};
+pub use crate::model::tally::{HelperTally, Tally};
 
 /// All four families, in `Family` order.
 pub const ALL_FAMILIES: [Family; 4] = [Family::Generic, Family::Tc, Family::Xdp, Family::SockAddr];

@@ -22,6 +22,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "workload.h"
+#include "workload.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -49,17 +50,6 @@ struct {
 	__type(value, struct wl_sockhash_counters);
 } wl_sockhash_results SEC(".maps");
 
-/* As in workload.bpf.c: a full socket, so protocol and state are readable. */
-static __always_inline __u32 class_of_sock(struct bpf_sock *sk)
-{
-	__u32 protocol = sk->protocol;
-
-	if (protocol == IPPROTO_UDP)
-		return SKPROF_C_UDP;
-	if (protocol != IPPROTO_TCP)
-		return SKPROF_C_OTHER;
-	return sk->state == BPF_TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
-}
 
 /* counts[class] += 1 with constant indices only (trivial bounds for the
  * verifier). */

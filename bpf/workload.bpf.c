@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "workload.h"
+#include "workload.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -25,22 +26,6 @@ struct wl_config wl_cfg;
  * on any CPU). */
 struct wl_counters wl_results[WL_NR_FAMILIES];
 
-/*
- * Class of a socket returned by bpf_sk_lookup_{tcp,udp}: a full socket
- * (PTR_TO_SOCKET), so protocol and state are readable. The request-socket
- * and TIME_WAIT cases never reach here: the kernel returns the listener or
- * NULL for them (__bpf_sk_lookup).
- */
-static __always_inline __u32 class_of_sock(struct bpf_sock *sk)
-{
-	__u32 protocol = sk->protocol;
-
-	if (protocol == IPPROTO_UDP)
-		return SKPROF_C_UDP;
-	if (protocol != IPPROTO_TCP)
-		return SKPROF_C_OTHER;
-	return sk->state == BPF_TCP_LISTEN ? SKPROF_C_LISTENER : SKPROF_C_ESTABLISHED;
-}
 
 /*
  * Class of a socket returned by bpf_skc_lookup_tcp: a sock_common

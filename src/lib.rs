@@ -33,4 +33,3 @@ pub mod session;
 pub mod tui;
 #[cfg(feature = "bpf")]
 pub mod workload;
-

@@ -9,8 +9,8 @@ use serde_json::Value;
 use skprof::model::hist::LogHist;
 use skprof::model::ids::{Helper, Outcome, SockClass};
 use skprof::model::snapshot::{Cell, CellKey, Grouping, IntervalStats, ProgramRef, Snapshot};
-use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer, FORMAT_VERSION, MAGIC};
 use skprof::model::tally::HelperTally;
+use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer, FORMAT_VERSION, MAGIC};
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 

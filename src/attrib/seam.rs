@@ -20,20 +20,8 @@ use serde::Serialize;
 use crate::bpf::probes::SharedMaps;
 use crate::bpf::{libbpf_reason, take_libbpf_log};
 
-/// The generated skeleton of `bpf/attrib.bpf.c`.
-// libbpf-cargo's generated code is unsafe inside (object pointers, the
-// mmapped data sections), so it is exempt from the crate's deny.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    non_camel_case_types,
-    dead_code,
-    unused_imports,
-    unsafe_code
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/attrib.skel.rs"));
-}
+// The generated skeleton of `bpf/attrib.bpf.c`.
+crate::bpf::skeleton!(mod skel = "attrib.skel.rs");
 
 use skel::{types, AttribSkelBuilder, OpenAttribSkel};
 

@@ -13,19 +13,7 @@ use super::probes::split_prog_name;
 use super::{libbpf_reason, take_libbpf_log};
 use crate::kernel::KernelFunctions;
 
-// libbpf-cargo's generated code is unsafe inside (object pointers, the
-// mmapped data sections), so it is exempt from the crate's deny.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    non_camel_case_types,
-    dead_code,
-    unused_imports,
-    unsafe_code
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
-}
+crate::bpf::skeleton!(mod skel = "floor.skel.rs");
 use skel::*;
 
 /// The attached empty probes; dropping it detaches them.

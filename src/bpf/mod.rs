@@ -1,6 +1,27 @@
 //! The BPF seam: the only place that touches libbpf objects and raw map
 //! bytes. Everything above it works with `crate::model` types.
 
+/// A module holding libbpf-cargo's generated skeleton of one `bpf/*.bpf.c`
+/// (`$file`, in OUT_DIR). The generated code is unsafe inside (object
+/// pointers, the mmapped data sections), so it is exempt from the crate's
+/// deny; the other lints are not ours to meet either.
+macro_rules! skeleton {
+    ($vis:vis mod $name:ident = $file:literal) => {
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            non_camel_case_types,
+            dead_code,
+            unused_imports,
+            unsafe_code
+        )]
+        $vis mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
+}
+pub(crate) use skeleton;
+
 mod calls;
 mod events;
 pub mod floor;
@@ -9,20 +30,8 @@ mod pod;
 pub mod probes;
 mod read;
 
-/// The generated skeleton of `bpf/skprof.bpf.c`.
-// libbpf-cargo's generated code is unsafe inside (object pointers, the
-// mmapped data sections), so it is exempt from the crate's deny.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    non_camel_case_types,
-    dead_code,
-    unused_imports,
-    unsafe_code
-)]
-pub(crate) mod skel {
-    include!(concat!(env!("OUT_DIR"), "/skprof.skel.rs"));
-}
+// The generated skeleton of `bpf/skprof.bpf.c`.
+skeleton!(pub(crate) mod skel = "skprof.skel.rs");
 
 use std::sync::Mutex;
 

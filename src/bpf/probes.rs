@@ -158,7 +158,7 @@ impl LatencySample {
             return Ok(LatencySample::Every(1));
         }
         if let Some(d) = s.strip_prefix("auto:") {
-            let ns = (crate::workload::cli::parse_duration(d)?.as_secs_f64() * 1e9).round();
+            let ns = (crate::duration::parse(d)?.as_secs_f64() * 1e9).round();
             if !(1.0..=1e9).contains(&ns) {
                 return Err(format!("auto budget {d:?} must be between 1ns and 1s"));
             }

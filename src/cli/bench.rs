@@ -448,14 +448,8 @@ fn attach(
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let opts = WorkloadOpts {
-        count: 1,
-        rounds: Some(1),
-        rate: None,
-        duration: None,
-        families: vec![Family::Tc],
-    };
-    let mut w = Workload::setup(&opts).context("set up the workload to time")?;
+    let mut w =
+        Workload::setup(&WorkloadOpts::tc_round(1)).context("set up the workload to time")?;
     let funcs = KernelFunctions::discover();
     let (mut hw, hw_missing) = match Hw::open() {
         Ok(h) => (Some(h), None),

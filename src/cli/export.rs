@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use crate::error::SkprofError;
 use crate::export::http::{Body, Published, Server, Shared};
 use crate::export::log::{LogFormat, Logger};
-use crate::export::metrics::{Calibration, ExportOptions, Exporter, ProbeInfo, Reading};
+use crate::export::metrics::{Calibration, Collection, ExportOptions, Exporter, ProbeInfo};
 use crate::export::procstat;
 use crate::session::{self, LiveSource, Signals, SourceInfo};
 
@@ -201,7 +201,7 @@ fn collect(
 ) {
     let started = Instant::now();
     match reading.and_then(|reading| {
-        let mut r = Reading {
+        let mut r = Collection {
             probe: ProbeInfo {
                 mode: info.probe_mode.clone(),
                 kernel: info.kernel.clone(),

@@ -12,8 +12,8 @@ use crate::session::{LiveSource, ReplaySource, Source};
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
     /// Time between readings: 1s, 500ms, 0.1 (seconds when no unit).
-    #[arg(long, default_value = "1s", value_parser = parse_refresh)]
-    pub interval: f64,
+    #[arg(long, default_value = "1s", value_parser = crate::duration::interval)]
+    pub interval: std::time::Duration,
     /// Rows at start (g cycles through them): per (program, helper),
     /// helper, (netns, helper) or (interface, helper).
     #[arg(long, value_enum, default_value_t = Grouping::Program)]
@@ -27,12 +27,6 @@ pub struct TopArgs {
     pub speed: f64,
     #[command(flatten)]
     pub session: super::SessionArgs,
-}
-
-/// `--interval`: a duration with a unit (as the workload's), or seconds.
-pub fn parse_refresh(s: &str) -> Result<f64, String> {
-    let secs = crate::workload::cli::parse_duration(s)?.as_secs_f64();
-    super::parse_interval(&secs.to_string())
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -53,7 +47,7 @@ pub fn run(args: TopArgs) -> Result<()> {
     let mut opts = args.session.options();
     // `g` regroups by netns and interface at any time.
     opts.places = true;
-    let interval = std::time::Duration::from_secs_f64(args.interval);
+    let interval = args.interval;
     let make = move || -> Result<Box<dyn Source>> {
         match &args.replay {
             Some(path) => Ok(Box::new(ReplaySource::open(path, args.speed)?)),
@@ -68,15 +62,6 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
-
-    #[test]
-    fn interval_takes_units() {
-        assert_eq!(parse_refresh("1s"), Ok(1.0));
-        assert_eq!(parse_refresh("100ms"), Ok(0.1));
-        assert_eq!(parse_refresh("2"), Ok(2.0));
-        assert!(parse_refresh("1ms").is_err(), "below 10 ms");
-        assert!(parse_refresh("fast").is_err());
-    }
 
     #[test]
     fn top_parses_its_flags() {
@@ -96,7 +81,10 @@ mod tests {
         let Command::Top(a) = cli.command else {
             panic!("not top");
         };
-        assert_eq!((a.interval, a.by, a.speed), (0.5, Grouping::Netns, 4.0));
+        assert_eq!(
+            (a.interval, a.by, a.speed),
+            (std::time::Duration::from_millis(500), Grouping::Netns, 4.0)
+        );
         assert_eq!(a.replay.as_deref(), Some(std::path::Path::new("x.rec")));
         // A replay has no live workload, and a speed needs a replay.
         assert!(Cli::try_parse_from(["skprof", "top", "--replay", "x", "--workload"]).is_err());

@@ -1,5 +1,5 @@
 //! Snapshot → metric families → OpenMetrics (or Prometheus 0.0.4) text.
-//! Pure: fed with [`Reading`]s, tested without I/O.
+//! Pure: fed with [`Collection`]s, tested without I/O.
 //!
 //! Counters are the kernel's cumulative aggregates as they are (they only
 //! grow while a program slot lives; a slot's aggregates are deleted when
@@ -114,7 +114,7 @@ pub struct Calibration {
 /// One collection: the session's reading, with what the exporter shows of
 /// the session and of skprof itself.
 #[derive(Debug, Clone, Default)]
-pub struct Reading {
+pub struct Collection {
     /// The session's reading (`freed` slots are passed apart to
     /// [`Exporter::update`]: the ones let go right after it).
     pub reading: crate::model::reading::Reading,
@@ -122,7 +122,7 @@ pub struct Reading {
     pub self_stats: SelfStats,
 }
 
-impl Reading {
+impl Collection {
     /// CLOCK_MONOTONIC ns of the ledger scan (ages are measured to it).
     pub fn now_ns(&self) -> u64 {
         self.reading.ledger.as_ref().map_or(0, |l| l.now_ns)
@@ -227,7 +227,7 @@ impl Exporter {
     /// final figures of their programs for `keep_gone` collections, forgets
     /// them in the reading, admits new label sets within the budget, and
     /// accumulates overflows and run leaks.
-    pub fn update(&mut self, r: &mut Reading, freed_slots: &[u32]) {
+    pub fn update(&mut self, r: &mut Collection, freed_slots: &[u32]) {
         self.readings += 1;
         let readings = self.readings;
         self.gone.retain(|g| g.until > readings);
@@ -304,7 +304,7 @@ impl Exporter {
     }
 
     /// The metric families of a reading (after [`update`](Self::update)).
-    pub fn families(&self, r: &Reading) -> Vec<Family> {
+    pub fn families(&self, r: &Collection) -> Vec<Family> {
         let mut out = Vec::new();
         let prog = |slot: u32| -> ProgramRef {
             if let Some(g) = self.gone.iter().find(|g| g.slot == slot) {
@@ -707,7 +707,7 @@ impl Exporter {
     }
 
     /// Renders a reading in both text formats.
-    pub fn render(&self, r: &Reading) -> Result<Exposition, std::fmt::Error> {
+    pub fn render(&self, r: &Collection) -> Result<Exposition, std::fmt::Error> {
         let families = self.families(r);
         let series = families.iter().map(Family::series).sum();
         let mut registry = Registry::default();

@@ -77,7 +77,7 @@ pub(crate) mod tests {
     /// Two programs (slots 1 and 2) calling the tc helper in two network
     /// namespaces, an untraced caller, references held and one leaked, a
     /// run leak.
-    pub(crate) fn sample_reading() -> Reading {
+    pub(crate) fn sample_collection() -> Collection {
         let tc = Helper::TcSkLookupTcp;
         let mut s = Snapshot::default();
         s.cells.insert(
@@ -126,7 +126,7 @@ pub(crate) mod tests {
         let now = 100_000 * MS;
         let young = reference(1, 101, 1, now, 80);
         let old = reference(2, 101, 2000, now, 81);
-        Reading {
+        Collection {
             reading: crate::model::reading::Reading {
                 snapshot: s,
                 names: [(101, "tc_steer".to_string()), (102, "xdp_fwd".to_string())].into(),
@@ -163,8 +163,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn exporter(opts: ExportOptions) -> (Exporter, Reading) {
-        let mut r = sample_reading();
+    fn exporter(opts: ExportOptions) -> (Exporter, Collection) {
+        let mut r = sample_collection();
         let mut e = Exporter::new(opts);
         e.update(&mut r, &[]);
         (e, r)
@@ -429,7 +429,7 @@ pub(crate) mod tests {
         };
         let (mut e, mut r) = exporter(opts);
         assert_eq!(e.refused(), 1);
-        let names = |e: &Exporter, r: &Reading| -> Vec<(String, String)> {
+        let names = |e: &Exporter, r: &Collection| -> Vec<(String, String)> {
             let om = parse(&e.render(r).unwrap().openmetrics);
             om.families["skprof_helper_calls"]
                 .iter_samples()
@@ -467,7 +467,7 @@ pub(crate) mod tests {
 
     #[test]
     fn overflows_accumulate_across_programs_going_away() {
-        let mut r = sample_reading();
+        let mut r = sample_collection();
         let k = key(2, Helper::XdpSkLookupUdp, Outcome::Hit, 1);
         r.reading.snapshot.cells.get_mut(&k).unwrap().hist.overflow = 2;
         let mut e = Exporter::new(ExportOptions::default());
@@ -546,7 +546,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let (mut e, mut r) = exporter(opts);
-        let calls_of = |e: &Exporter, r: &Reading, prog: &str| -> Option<f64> {
+        let calls_of = |e: &Exporter, r: &Collection, prog: &str| -> Option<f64> {
             let om = parse(&e.render(r).unwrap().openmetrics);
             om.families["skprof_helper_calls"]
                 .iter_samples()
@@ -585,7 +585,7 @@ pub(crate) mod tests {
 
     #[test]
     fn no_ledger_means_no_ledger_families() {
-        let mut r = sample_reading();
+        let mut r = sample_collection();
         r.reading.ledger = None;
         let mut e = Exporter::new(ExportOptions::default());
         e.update(&mut r, &[]);

@@ -44,14 +44,8 @@ fn time(w: &mut Workload) -> Result<f64> {
 impl Calibration {
     /// Times the workload with no tracer (call before the probes attach).
     pub fn untraced() -> Result<Calibration> {
-        let opts = WorkloadOpts {
-            count: 1,
-            rounds: Some(1),
-            rate: None,
-            duration: None,
-            families: vec![Family::Tc],
-        };
-        let mut workload = Workload::setup(&opts).context("calibrate: set up the workload")?;
+        let mut workload = Workload::setup(&WorkloadOpts::tc_round(1))
+            .context("calibrate: set up the workload")?;
         let untraced_ns = time(&mut workload).context("calibrate: time with no tracer")?;
         Ok(Calibration {
             workload,

@@ -325,14 +325,8 @@ impl LiveSource {
     /// the report, its exact counts and the tuples of the lookups that took
     /// a reference.
     pub fn self_test(&mut self, count: u64) -> Result<(Workload, HelperTally, Vec<String>)> {
-        let opts = WorkloadOpts {
-            count,
-            rounds: Some(1),
-            rate: None,
-            duration: None,
-            families: vec![Family::Tc],
-        };
-        let mut w = Workload::setup(&opts).context("self-test: set up the workload")?;
+        let mut w = Workload::setup(&WorkloadOpts::tc_round(count))
+            .context("self-test: set up the workload")?;
         let rescan = self.session.rescan()?;
         self.rescan.freed_slots.extend(rescan.freed_slots);
         self.rescan.attached.extend(rescan.attached);

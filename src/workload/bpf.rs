@@ -10,10 +10,7 @@ use libbpf_rs::OpenObject;
 
 use crate::model::ids::{Family, Proto, SockClass};
 
-#[allow(clippy::all, unused_imports, dead_code)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/workload.skel.rs"));
-}
+crate::bpf::skeleton!(mod skel = "workload.skel.rs");
 
 pub use skel::types::{wl_config, wl_counters, wl_family, wl_proto, wl_tuple};
 pub use skel::WorkloadSkel;

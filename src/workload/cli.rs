@@ -47,7 +47,7 @@ pub struct WorkloadArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Stop after this long, e.g. 30s, 500ms, 2m (plain numbers are seconds).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::duration::positive)]
     pub duration: Option<Duration>,
     /// Program families to run, comma-separated (default: all).
     #[arg(long = "family", value_enum, value_delimiter = ',')]
@@ -79,30 +79,6 @@ impl WorkloadArgs {
             families: self.families.iter().map(|&f| f.into()).collect(),
         }
     }
-}
-
-/// Parses "1.5", "500ns", "20us", "250ms", "30s", "2m", "1h".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
-    let secs = match unit {
-        "ns" => v / 1e9,
-        "us" => v / 1e6,
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {s:?} (ns, us, ms, s, m, h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Runs the workload until its rounds or duration are done or SIGINT /
@@ -313,16 +289,6 @@ mod tests {
         let s = Cli::try_parse_from(["x", "--sockhash", "7", "--start-on-sigusr1"]).unwrap();
         assert_eq!((s.args.sockhash, s.args.start_on_sigusr1), (Some(7), true));
         assert!(Cli::try_parse_from(["x", "--sockhash", "0"]).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("3 weeks").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

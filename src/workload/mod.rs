@@ -46,9 +46,9 @@ use cgroup::{Netns, WorkloadCgroup};
 use fixture::{Fixture, Tuple};
 use sockhash::SockhashCase;
 
+pub use crate::model::tally::{HelperTally, Tally};
 pub use bpf::Counters as ProgramCounters;
 pub use cli::{run_cli, FamilyArg, WorkloadArgs};
-pub use crate::model::tally::{HelperTally, Tally};
 
 /// All four families, in `Family` order.
 pub const ALL_FAMILIES: [Family; 4] = [Family::Generic, Family::Tc, Family::Xdp, Family::SockAddr];
@@ -79,6 +79,20 @@ pub struct WorkloadOpts {
     pub duration: Option<Duration>,
     /// Families to run; empty means all.
     pub families: Vec<Family>,
+}
+
+impl WorkloadOpts {
+    /// One round of the tc cases, `count` lookups each: what `bench`,
+    /// `--calibrate` and `leaks --self-test` time or run.
+    pub fn tc_round(count: u64) -> WorkloadOpts {
+        WorkloadOpts {
+            count,
+            rounds: Some(1),
+            rate: None,
+            duration: None,
+            families: vec![Family::Tc],
+        }
+    }
 }
 
 impl Default for WorkloadOpts {

@@ -27,11 +27,7 @@ use super::fixture::{wait_for_tcp_state, Tuple, TCP_ESTABLISHED};
 use super::packet;
 use crate::model::ids::{Proto, SockClass};
 
-// The generated skeleton is unsafe code of libbpf-cargo's.
-#[allow(clippy::all, unused_imports, dead_code, unsafe_code)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/sockhash.skel.rs"));
-}
+crate::bpf::skeleton!(mod skel = "sockhash.skel.rs");
 
 use skel::types::{wl_sockhash_config, wl_sockhash_counters, wl_tuple};
 use skel::SockhashSkel;

@@ -907,7 +907,7 @@ mod tests {
         assert!(
             t.contains(
                 "1 sockets with references outstanding, 1 older than 500 ms (1 references); \
-                 since start: acquired 1 \u{2192} 1 held at the reading"
+                 since start: acquired 1 \u{2192} 1 still held (in flight at the window's edges)"
             ),
             "{t}"
         );

@@ -318,7 +318,9 @@ mod tests {
         assert_eq!(tc[7], "4.00", "max is exact");
         assert!(
             lines[5].contains("3 dropped a reference")
-                && lines[5].ends_with("acquired 4 \u{2192} 1 held at the reading"),
+                && lines[5].ends_with(
+                    "acquired 4 \u{2192} 1 still held (in flight at the window's edges)"
+                ),
             "{t}"
         );
         assert!(lines[6].starts_with("DROPS: 2 unmatched exits"));

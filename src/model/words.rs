@@ -67,10 +67,12 @@ pub fn truncate(s: &str, width: usize) -> String {
 pub enum Verdict {
     /// Every reference a traced lookup took was released.
     Balanced,
-    /// Fewer released than acquired: held at the reading (`skprof leaks`
-    /// says whether they are leaks).
+    /// Fewer released than acquired: references still held at the
+    /// window's end (`skprof leaks` says whether they are leaks).
     Held,
-    /// More released than acquired: references taken before the window.
+    /// More released than acquired: references taken before the window's
+    /// start (the maps are read one after the other, so a window's edges
+    /// are not one instant).
     ReleasedEarlier,
 }
 
@@ -100,12 +102,15 @@ impl Balance {
             std::cmp::Ordering::Equal => (Verdict::Balanced, "balanced".to_string()),
             std::cmp::Ordering::Less => (
                 Verdict::Held,
-                format!("{} held at the reading", acquired - released),
+                format!(
+                    "{} still held (in flight at the window's edges)",
+                    acquired - released
+                ),
             ),
             std::cmp::Ordering::Greater => (
                 Verdict::ReleasedEarlier,
                 format!(
-                    "{} released of references taken before the window",
+                    "{} more released (in flight at the window's edges)",
                     released - acquired
                 ),
             ),
@@ -153,11 +158,14 @@ mod tests {
 
     #[test]
     fn held_and_earlier_releases_say_how_many() {
-        assert_eq!(Balance::of(10, 7, 0).text, "3 held at the reading");
+        assert_eq!(
+            Balance::of(10, 7, 0).text,
+            "3 still held (in flight at the window's edges)"
+        );
         assert_eq!(Balance::of(10, 7, 0).verdict, Verdict::Held);
         assert_eq!(
             Balance::of(5, 8, 1).text,
-            "2 released of references taken before the window; 1 releases of references no \
+            "2 more released (in flight at the window's edges); 1 releases of references no \
              traced lookup took"
         );
         assert_eq!(Balance::of(0, 0, 0).text, "balanced");

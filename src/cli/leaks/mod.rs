@@ -275,12 +275,17 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
         t.finish(&last, &late, args.json, &mut out)?;
     }
     if leaked {
-        return Err(SkprofError::Leaks(
-            "socket references outstanding past --older-than, or a run ended holding one".into(),
-        )
-        .into());
+        return Err(leaks_found());
     }
     Ok(())
+}
+
+/// The error that ends a command with exit code 5.
+fn leaks_found() -> anyhow::Error {
+    SkprofError::Leaks(
+        "socket references outstanding past --older-than, or a run ended holding one".into(),
+    )
+    .into()
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::LeaksArgs;
-use crate::error::SkprofError;
 use crate::export::log::{Level, Logger};
 use crate::model::ids::Helper;
 use crate::model::leak_watch::{DropWatch, LeakWatch, WatchEvent};
@@ -173,10 +172,7 @@ pub(super) fn watch(args: &LeaksArgs) -> Result<()> {
     fields.insert(1, ("exit_code", if leaked { 5 } else { 0 }.into()));
     log.log_values(Level::Info, "stopped", &fields);
     if leaked {
-        return Err(SkprofError::Leaks(
-            "socket references outstanding past --older-than, or a run ended holding one".into(),
-        )
-        .into());
+        return Err(super::leaks_found());
     }
     Ok(())
 }

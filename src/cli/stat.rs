@@ -1,7 +1,7 @@
 //! `skprof stat`: a periodic table (or JSON lines) per helper function.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -118,7 +118,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
             write!(
                 out,
                 "{}",
-                format_table(&stats, args.units, &clock_hms(SystemTime::now()))
+                format_table(&stats, args.units, &words::clock_utc(r.unix_ms))
             )
             .context("write to stdout")?;
         }
@@ -133,11 +133,6 @@ pub fn run(args: &StatArgs) -> Result<()> {
             .context("write to stdout")?;
     }
     Ok(())
-}
-
-fn clock_hms(t: SystemTime) -> String {
-    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn fmt_lat(ns: u64, units: Units) -> String {
@@ -367,11 +362,5 @@ mod tests {
     fn ns_units_are_integers() {
         let t = format_table(&sample(Grouping::Helper), Units::Ns, "x");
         assert!(t.contains(" 4000 "), "{t}");
-    }
-
-    #[test]
-    fn clock_formats_utc() {
-        let t = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 * 13 + 61);
-        assert_eq!(clock_hms(t), "13:01:01");
     }
 }

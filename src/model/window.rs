@@ -57,21 +57,6 @@ impl Window {
         self.prev.as_ref()?;
         Some(step(cur, self.first.as_ref()?))
     }
-
-    /// Starts over from the newest reading (the dashboard's reset).
-    pub fn reset(&mut self) {
-        self.first.clone_from(&self.cur);
-    }
-
-    /// The newest reading.
-    pub fn current(&self) -> Option<&Snapshot> {
-        self.cur.as_ref()
-    }
-
-    /// The first reading, freed slots forgotten.
-    pub fn first(&self) -> Option<&Snapshot> {
-        self.first.as_ref()
-    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,12 @@ pub fn truncate(s: &str, width: usize) -> String {
     }
 }
 
+/// `HH:MM:SS` UTC of a wall-clock time in ms since the Unix epoch.
+pub fn clock_utc(unix_ms: u64) -> String {
+    let s = unix_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// Whether the references traced lookups took were released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,6 +191,14 @@ mod tests {
         assert_eq!(
             truncate("cilium_tproxy_ingress_handler[42]", 24),
             "cilium_tproxy_ingress_h…"
+        );
+    }
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(
+            clock_utc((86_400 * 3 + 3600 * 13 + 61) * 1000 + 999),
+            "13:01:01"
         );
     }
 

@@ -157,11 +157,6 @@ impl LiveSource {
         &self.rescan.freed_slots
     }
 
-    /// Whether the built-in workload runs.
-    pub fn workload_running(&self) -> bool {
-        self.workload.is_some()
-    }
-
     /// Stops the workload, keeps its exact counts and waits for its
     /// traffic to drain (the probes' counts stop moving).
     fn stop_workload(&mut self) -> Result<()> {

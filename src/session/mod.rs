@@ -72,26 +72,6 @@ pub struct SessionOptions {
     pub workload: Option<WorkloadOptions>,
 }
 
-impl Default for SessionOptions {
-    fn default() -> Self {
-        SessionOptions {
-            probe_mode: ProbeMode::Auto,
-            ledger: true,
-            attribution: true,
-            attribute_by: AttributeBy::Auto,
-            calibrate: false,
-            latency_sample: LatencySample::AUTO,
-            max_programs: 64,
-            stacks: false,
-            ledger_size: 65_536,
-            max_series: 4096,
-            places: false,
-            ledger_trace: false,
-            workload: None,
-        }
-    }
-}
-
 /// What a rescan of the loaded programs changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rescan {

@@ -75,12 +75,6 @@ impl ReplaySource {
     }
 }
 
-/// `HH:MM:SS` UTC of a wall-clock time in ms.
-fn clock(unix_ms: u64) -> String {
-    let s = unix_ms / 1000 % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
 impl Source for ReplaySource {
     fn info(&self) -> SourceInfo {
         SourceInfo {
@@ -116,7 +110,11 @@ impl Source for ReplaySource {
         let mut r = cur.into_reading();
         r.ledger = self.ledger.clone();
         r.run_leaks = std::mem::take(&mut self.run_leaks);
-        r.status = Some(format!("frame {} · {} UTC", self.played, clock(r.unix_ms)));
+        r.status = Some(format!(
+            "frame {} · {} UTC",
+            self.played,
+            crate::model::words::clock_utc(r.unix_ms)
+        ));
         Ok(Some(r))
     }
 

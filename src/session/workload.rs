@@ -29,19 +29,6 @@ pub struct WorkloadOptions {
     pub families: Vec<Family>,
 }
 
-impl Default for WorkloadOptions {
-    fn default() -> Self {
-        WorkloadOptions {
-            count: 10,
-            rounds: None,
-            rate: 2000.0,
-            duration: None,
-            copies: 1,
-            families: Vec::new(),
-        }
-    }
-}
-
 /// The built-in workload running in a background thread.
 pub struct WorkloadRunner {
     handle: JoinHandle<Result<Tally>>,

@@ -1003,11 +1003,7 @@ fn ledger_counts(
 }
 
 fn aged_refs(l: &LedgerScan, age_ns: u64) -> u64 {
-    l.refs
-        .iter()
-        .filter(|r| l.now_ns.saturating_sub(r.acquired_ns) >= age_ns)
-        .map(|r| r.count as u64)
-        .sum()
+    l.older_than(age_ns).map(|r| u64::from(r.count)).sum()
 }
 
 /// Adds one delta to another (history samples shorter than

@@ -10,7 +10,6 @@
 //! program tracer detaches with the process's BPF links); SIGHUP rescans
 //! the loaded programs at once and logs which ones are attributed.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -23,7 +22,7 @@ use crate::export::http::{Body, Published, Server, Shared};
 use crate::export::log::{LogFormat, Logger};
 use crate::export::metrics::{Calibration, Collection, ExportOptions, Exporter, ProbeInfo};
 use crate::export::procstat;
-use crate::session::{self, LiveSource, Signals, SourceInfo};
+use crate::session::{LiveSource, Signals, SourceInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -155,7 +154,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         if workload_done {
             // Its exact counts, for comparison with the metrics; the
             // exporter goes on serving.
-            if let Err(e) = print_workload(&mut live) {
+            if let Err(e) = super::print_workload(&mut live, true) {
                 break Err(e);
             }
             log.info("workload done", &[]);
@@ -164,7 +163,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let served = server.served.load(Ordering::Relaxed);
     let busy = server.refused.load(Ordering::Relaxed);
     server.shutdown();
-    let printed = print_workload(&mut live);
+    let printed = super::print_workload(&mut live, true);
     // Dropping the session detaches every probe and program tracer.
     drop(live);
     log.info(
@@ -175,16 +174,6 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         ],
     );
     result.and(printed)
-}
-
-/// The workload's exact counts on stdout, once it stopped.
-fn print_workload(live: &mut LiveSource) -> Result<()> {
-    if let Some(expected) = live.workload_tally()? {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", session::workload_line(&expected, true)).context("write to stdout")?;
-        out.flush().context("flush stdout")?;
-    }
-    Ok(())
 }
 
 /// One collection: update, render, publish a reading (the program slots

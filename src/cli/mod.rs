@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use crate::bpf::probes::{LatencySample, ProbeMode};
 use crate::error::EXIT_CODES_HELP;
 use crate::model::ids::Family;
-use crate::session::{SessionOptions, WorkloadOptions};
+use crate::session::{LiveSource, SessionOptions, WorkloadOptions};
 use crate::workload::WorkloadArgs;
 
 #[derive(Debug, Parser)]
@@ -203,6 +203,20 @@ impl SessionArgs {
             }),
         }
     }
+}
+
+/// The workload's line on stdout once it stopped (in JSON
+/// `{"type":"workload","expected":...}`), if not printed yet.
+pub fn print_workload(live: &mut LiveSource, json: bool) -> Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    if let Some(expected) = live.workload_tally()? {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", crate::session::workload_line(&expected, json))
+            .context("write to stdout")?;
+        out.flush().context("flush stdout")?;
+    }
+    Ok(())
 }
 
 /// `--workload-family` values.

@@ -51,6 +51,16 @@ fn leaks_frame(r: &Reading, ledger: Option<LedgerScan>) -> Option<Frame> {
     }))
 }
 
+/// A reading's interval frame, then its run leaks' frame if it has any.
+fn write_reading(writer: &mut Writer, r: Reading) -> Result<()> {
+    let leaks = leaks_frame(&r, None);
+    writer.append(&Frame::Interval(Box::new(Interval::of(r))))?;
+    if let Some(f) = leaks {
+        writer.append(&f)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &RecordArgs) -> Result<()> {
     let signals = Signals::install()?;
     // An unwritable output fails here, before any probe is loaded.
@@ -88,7 +98,8 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         command: std::env::args().collect(),
     };
     let mut writer = Writer::with_file(file, &args.output, &meta)?;
-    writer.append(&Frame::Interval(Box::new(Interval::of(&base))))?;
+    let mut last_done = base.workload_done;
+    write_reading(&mut writer, base)?;
     eprintln!("{}", session::banner(&info, &live.session().attribution()));
     eprintln!(
         "Recording to {} every {:?}.",
@@ -97,30 +108,24 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     );
 
     let end = args.duration.map(|d| Instant::now() + d);
-    if let Some(e) = end {
-        live.end_at(e);
-    }
     let mut readings = 0u64;
-    let mut last = base;
     loop {
         if let Some(e) = end {
             live.end_at(e);
-        }
-        if end.is_some_and(|e| Instant::now() + args.interval >= e) {
-            // The reading at the end comes after the workload stopped and
-            // its traffic drained: the recording holds every call it made.
-            live.last_reading_next();
+            if Instant::now() + args.interval >= e {
+                // The reading at the end comes after the workload stopped
+                // and its traffic drained: the recording holds every call
+                // it made.
+                live.last_reading_next();
+            }
         }
         let Some(r) = live.next(&signals)? else {
             break;
         };
-        writer.append(&Frame::Interval(Box::new(Interval::of(&r))))?;
-        readings += 1;
-        if let Some(f) = leaks_frame(&r, None) {
-            writer.append(&f)?;
-        }
+        last_done = r.workload_done;
         let done = r.workload_done || end.is_some_and(|e| Instant::now() >= e);
-        last = r;
+        write_reading(&mut writer, r)?;
+        readings += 1;
         if done {
             break;
         }
@@ -129,13 +134,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     // after it stopped, so the recording holds every call made (and the
     // workload's counts match it).
     let tally = live.workload_tally()?;
-    if signals.is_stopped() || (tally.is_some() && !last.workload_done) {
-        last = live.read_now()?;
-        writer.append(&Frame::Interval(Box::new(Interval::of(&last))))?;
+    if signals.is_stopped() || (tally.is_some() && !last_done) {
+        write_reading(&mut writer, live.read_now()?)?;
         readings += 1;
-        if let Some(f) = leaks_frame(&last, None) {
-            writer.append(&f)?;
-        }
     }
     if let Some(t) = tally {
         writer.append(&Frame::Workload(Box::new(t)))?;

@@ -85,15 +85,16 @@ pub fn run(args: &StatArgs) -> Result<()> {
         if args.count.is_some_and(|c| n + 1 >= c) {
             live.last_reading_next();
         }
-        let Some(r) = live.next(&signals)? else {
+        let Some(mut r) = live.next(&signals)? else {
             break;
         };
         for e in &r.errors {
             eprintln!("skprof: {e}");
         }
-        let started = *started_ns.get_or_insert(r.mono_ns());
+        let now_ns = r.mono_ns();
+        let started = *started_ns.get_or_insert(now_ns);
         // The first reading is the baseline.
-        let Some(step) = window.push(r.snapshot.clone(), &r.freed_slots) else {
+        let Some(step) = window.push(std::mem::take(&mut r.snapshot), &r.freed_slots) else {
             continue;
         };
         let step = if args.cumulative {
@@ -106,7 +107,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
             let line = JsonInterval {
                 kind: "interval",
                 unix_ms: r.unix_ms as u128,
-                elapsed_s: r.mono_ns().saturating_sub(started) as f64 / 1e9,
+                elapsed_s: now_ns.saturating_sub(started) as f64 / 1e9,
                 probe_mode: live.session().probes.kind(),
                 cumulative: args.cumulative,
                 overhead_ns_per_lookup: info.probe_ns_per_lookup,
@@ -128,11 +129,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
             break;
         }
     }
-    if let Some(expected) = live.workload_tally()? {
-        writeln!(out, "{}", session::workload_line(&expected, args.json))
-            .context("write to stdout")?;
-    }
-    Ok(())
+    super::print_workload(&mut live, args.json)
 }
 
 fn fmt_lat(ns: u64, units: Units) -> String {

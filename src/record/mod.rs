@@ -81,7 +81,7 @@ pub struct Interval {
 impl Interval {
     /// The frame of a reading: its cumulative aggregates, the labels of
     /// the slots they mention, and the slots freed before it.
-    pub fn of(r: &Reading) -> Interval {
+    pub fn of(r: Reading) -> Interval {
         let mut slots = r.snapshot.programs();
         slots.extend(r.snapshot.holds.keys());
         slots.sort_unstable();
@@ -89,8 +89,8 @@ impl Interval {
         Interval {
             unix_ms: r.unix_ms,
             labels: slots.into_iter().map(|s| r.program(s)).collect(),
-            snapshot: r.snapshot.clone(),
-            forgotten: r.freed_slots.clone(),
+            snapshot: r.snapshot,
+            forgotten: r.freed_slots,
         }
     }
 

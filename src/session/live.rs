@@ -59,6 +59,8 @@ pub struct LiveSource {
     workload_reported: bool,
     /// SIGHUP asked for a rescan.
     hup: bool,
+    /// `workload_tally` gave the counts out.
+    tally_given: bool,
 }
 
 impl LiveSource {
@@ -82,6 +84,7 @@ impl LiveSource {
             last_requested: false,
             workload_reported: false,
             hup: false,
+            tally_given: false,
         };
         live.cpu.sample(Instant::now(), process_cpu_ns());
         let first = live.read_now()?;
@@ -178,9 +181,14 @@ impl LiveSource {
         Ok(())
     }
 
-    /// Stops the workload (if it runs) and returns its exact counts.
+    /// Stops the workload (if it runs) and returns its exact counts, once:
+    /// a daemon reports them when the workload ends and again at its own
+    /// end only if they were not reported yet.
     pub fn workload_tally(&mut self) -> Result<Option<HelperTally>> {
         self.stop_workload()?;
+        if std::mem::replace(&mut self.tally_given, true) {
+            return Ok(None);
+        }
         Ok(self.tally.clone())
     }
 

@@ -263,10 +263,7 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
             break;
         }
     }
-    if let Some(expected) = live.workload_tally()? {
-        writeln!(out, "{}", session::workload_line(&expected, args.json))
-            .context("write to stdout")?;
-    }
+    crate::cli::print_workload(&mut live, args.json)?;
     if let Some(t) = tracer.take() {
         // Two readings: the steps still in the ring buffer with the
         // ledger, then whether any came after (the ledger still moving).

@@ -1,6 +1,5 @@
 //! `leaks --watch`: the leak watch daemon, logging structured lines.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,7 +11,7 @@ use crate::model::leak_watch::{DropWatch, LeakWatch, WatchEvent};
 use crate::model::ledger::{LeakGroup, LeakReport};
 use crate::model::reading::Reading;
 use crate::model::snapshot::{Grouping, IntervalStats};
-use crate::session::{self, LiveSource, Signals};
+use crate::session::{LiveSource, Signals};
 
 /// Frames of a leak group's stack shown in a `--watch` log line.
 const STACK_FRAMES_LOGGED: usize = 4;
@@ -124,12 +123,7 @@ pub(super) fn watch(args: &LeaksArgs) -> Result<()> {
                 state.last_error = None;
                 if r.workload_done {
                     // Its exact counts on stdout; the watch goes on.
-                    if let Some(expected) = live.workload_tally()? {
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "{}", session::workload_line(&expected, true))
-                            .context("write to stdout")?;
-                        out.flush().context("flush stdout")?;
-                    }
+                    crate::cli::print_workload(&mut live, true)?;
                     log.info("workload done", &[]);
                 }
             }
@@ -159,11 +153,7 @@ pub(super) fn watch(args: &LeaksArgs) -> Result<()> {
         }
         live.end_at(end.map_or(next_summary, |e| e.min(next_summary)));
     };
-    if let Some(expected) = live.workload_tally()? {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", session::workload_line(&expected, true)).context("write to stdout")?;
-        out.flush().context("flush stdout")?;
-    }
+    crate::cli::print_workload(&mut live, true)?;
     let mut fields = summary_fields(started, programs, &leaks, &drops, &state);
     // Dropping the session detaches every probe and program tracer.
     drop(live);

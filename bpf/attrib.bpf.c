@@ -100,6 +100,7 @@ __noinline int run_leak(struct skprof_held *e, __u64 now)
 	w.prog_slot = prog_slot;
 	w.prog_id = prog_id;
 	w.stack_id = e->stack_id;
+	w.site = e->site;
 	w.helper = e->helper;
 	w.sock_class = e->sock_class;
 	w.state = BPF_CORE_READ((struct sock_common *)sk, skc_state);
@@ -109,7 +110,8 @@ __noinline int run_leak(struct skprof_held *e, __u64 now)
 	if (!ref)
 		return 0;
 	for (j = 0; j < SKPROF_REF_HOLDERS; j++) {
-		if (!ref->h[j].count || ref->h[j].run_id != w.run_id || ref->h[j].helper != w.helper)
+		if (!ref->h[j].count || ref->h[j].run_id != w.run_id ||
+		    ref->h[j].helper != w.helper || ref->h[j].site != w.site)
 			continue;
 		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 		if (!ev) {

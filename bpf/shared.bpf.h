@@ -128,7 +128,7 @@ static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slo
  */
 static __always_inline void held_put(struct skprof_runs *rs, __u32 n, struct skprof_run *run,
 				     __u64 sk, __u64 acquired_ns, __u32 helper, __u32 cls,
-				     bool refcounted, __s32 stack_id)
+				     bool refcounted, __s32 stack_id, __u64 site)
 {
 	struct skprof_held *e = &rs->held[n & (SKPROF_HELD - 1)];
 
@@ -139,19 +139,21 @@ static __always_inline void held_put(struct skprof_runs *rs, __u32 n, struct skp
 		  (__u64)(refcounted ? SKPROF_RF_REFCOUNTED : 0) << 24 |
 		  (__u64)(__u32)stack_id << 32;
 	e->prog_slot = run->prog_slot;
+	e->site = site;
 	rs->nr_held = n + 1;
 }
 
 /* held_put for run `k` of the run table; false when the stack is full. */
 static __always_inline bool held_push(struct skprof_runs *rs, int k, __u64 sk, __u64 acquired_ns,
-				      __u32 helper, __u32 cls, bool refcounted, __s32 stack_id)
+				      __u32 helper, __u32 cls, bool refcounted, __s32 stack_id,
+				      __u64 site)
 {
 	__u32 n = rs->nr_held;
 
 	if (n >= SKPROF_HELD)
 		return false;
 	held_put(rs, n, &rs->r[k & (SKPROF_RUN_SLOTS - 1)], sk, acquired_ns, helper, cls,
-		 refcounted, stack_id);
+		 refcounted, stack_id, site);
 	return true;
 }
 
@@ -275,6 +277,7 @@ struct ledger_holder {
 	__u64 acquired_ns;
 	__u64 run_id;
 	__u64 tuple;		/* the lookup's tuple pointer, 0: from the socket */
+	__u64 site;		/* the lookup's call site, 0: unknown */
 	__u32 len;		/* the lookup's tuple length */
 	__u32 prog_slot;
 	__u32 prog_id;
@@ -340,7 +343,8 @@ __noinline int ledger_hold(__u64 sk, struct ledger_holder *w)
 	for (i = 0; i < SKPROF_REF_HOLDERS; i++) {
 		struct skprof_holder *x = &ref->h[i];
 
-		if (x->count && x->prog_slot == w->prog_slot && x->helper == w->helper) {
+		if (x->count && x->prog_slot == w->prog_slot && x->helper == w->helper &&
+		    x->site == w->site) {
 			hd = x;
 			break;
 		}
@@ -353,6 +357,7 @@ __noinline int ledger_hold(__u64 sk, struct ledger_holder *w)
 		hd->stack_id = w->stack_id;
 		hd->prog_slot = w->prog_slot;
 		hd->helper = w->helper;
+		hd->site = w->site;
 	}
 	__sync_fetch_and_add(&hd->count, 1);
 	hd->acquired_ns = w->acquired_ns;

@@ -115,6 +115,22 @@ struct {
 	__type(value, struct skprof_hist);
 } holds SEC(".maps");
 
+/* --sites: key: bpf_sk_release()'s call site; value: what it released */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct skprof_release_site);
+} release_sites SEC(".maps");
+
+/* --sites: references released, by (acquire site, release site) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct skprof_site_pair);
+	__type(value, __u64);
+} site_pairs SEC(".maps");
+
 /* kernel stacks of acquires, referenced by skprof_holder.stack_id */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -153,6 +169,32 @@ const volatile bool ledger_stacks = false;
  */
 const volatile bool exit_fast_ok = false;
 const volatile bool release_fast_ok = false;
+/*
+ * Call sites (--sites): every lookup's and release's return address into
+ * the calling program, in the histogram key, the held stack and the
+ * ledger. site_fn: the traced kernel functions' addresses (the lookup
+ * helpers by enum skprof_helper, then bpf_sk_release), from kallsyms.
+ */
+const volatile bool sites_on = false;
+const volatile __u64 site_fn[SKPROF_NR_HELPERS + 1] = {};
+/*
+ * fentry mode: where in the trampoline's frame the call site is, in words
+ * above the probe's ctx (the saved arguments), for the lookup helpers [0]
+ * and bpf_sk_release [1]; 0 until found. The x86-64 trampoline
+ * (arch_prepare_bpf_trampoline) pushes rbp over the return address into the
+ * traced function, which sits over the return address into its caller, the
+ * call site; the saved arguments lie a distance below that depends on the
+ * kernel, the function's arity and the trampoline's flags. So the distance
+ * is found, not assumed: the word holding the return into the traced
+ * function (its address + 5, or + 9 after an endbr64) is searched for, and
+ * checked again on every call. In a section of its own: user space writes
+ * the whole .bss, which would undo what a probe found.
+ */
+volatile __u32 site_slot[2] SEC(".data.sites");
+/* Words of the trampoline's frame searched above ctx. */
+#define SITE_SEARCH_CHUNKS 8
+#define SITE_CHUNK 8
+
 /* Latency sampling (struct sampler): time one call in sample_every on
  * average; 0: auto, spacing timed calls sample_budget_ns apart per (CPU,
  * helper) on average; 1: time every call. */
@@ -247,6 +289,73 @@ __noinline int inflight_find(struct probe_cpu *f, __u64 k1, __u64 k2, __u32 help
 		}
 	}
 	return found;
+}
+
+/* Whether `w` is the return address of a call at the entry of `fn`: the
+ * fentry call site is the function's first instruction, or follows its
+ * endbr64 (4 bytes) with IBT. */
+static __always_inline bool returns_into(__u64 w, __u64 fn)
+{
+	return w == fn + 5 || w == fn + 9;
+}
+
+/* The search of site_tramp: the frame read in overlapping chunks of
+ * SITE_CHUNK + 1 words, so a return address in a chunk's last word still
+ * has its caller's next to it. Out of line: only the first call, or one
+ * after the layout changed, comes here. */
+static __noinline __u64 site_search(__u64 *ctx, __u32 kind, __u64 fn)
+{
+	struct skprof_counters *c = get_counters();
+	__u64 w[SITE_CHUNK + 1];
+	int i, j;
+
+	if (c)
+		c->site_searches++;
+#pragma unroll
+	for (i = 0; i < SITE_SEARCH_CHUNKS; i++) {
+		if (bpf_probe_read_kernel(w, sizeof(w), (void *)ctx + i * SITE_CHUNK * 8))
+			break;
+#pragma unroll
+		for (j = 0; j < SITE_CHUNK; j++) {
+			if (returns_into(w[j], fn)) {
+				site_slot[kind & 1] = i * SITE_CHUNK + j;
+				return w[j + 1];
+			}
+		}
+	}
+	if (c)
+		c->site_unknown++;
+	return 0;
+}
+
+/*
+ * fentry/fexit mode: the call site of the traced function `fn` (kind 0: a
+ * lookup helper, 1: bpf_sk_release), from the trampoline's frame above the
+ * probe's `ctx`: two words at the known distance, the first checked to be
+ * the return into `fn` (so a frame laid out differently is never read as
+ * a site), else searched for.
+ */
+static __always_inline __u64 site_tramp(__u64 *ctx, __u32 kind, __u64 fn)
+{
+	__u32 k = site_slot[kind & 1];
+	__u64 w[2];
+
+	if (k && k < SITE_SEARCH_CHUNKS * SITE_CHUNK &&
+	    !bpf_probe_read_kernel(w, sizeof(w), (void *)ctx + k * 8) && returns_into(w[0], fn))
+		return w[1];
+	return site_search(ctx, kind, fn);
+}
+
+/* kprobe mode: at a function's first instruction its return address, the
+ * call site, is at the stack pointer (bpf_sk_release: no return probe
+ * has replaced it). */
+static __always_inline __u64 site_kprobe(void *tctx)
+{
+	__u64 site = 0;
+
+	if (bpf_probe_read_kernel(&site, sizeof(site), (void *)PT_REGS_SP((struct pt_regs *)tctx)))
+		return 0;
+	return site;
 }
 
 /* The calling program of a call, and its run when traced. */
@@ -454,7 +563,7 @@ static __always_inline void count_call(struct skprof_runs *rs, __u32 prog_slot, 
  */
 static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, __u64 now,
 				    __u32 helper, __u32 cls, struct sock_view *v, __u64 tuple,
-				    __u32 len)
+				    __u32 len, __u64 site)
 {
 	__u32 tf = v->refcounted ? SKPROF_TF_REFCOUNTED : 0;
 	bool recorded = false;
@@ -466,7 +575,7 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
 	 * it; an untimed lookup on the held stack reads no clock (0). */
 	if (who->run >= 0 && who->rs)
 		recorded = held_push(who->rs, who->run, ret, now, helper, cls, v->refcounted,
-				     stack_id);
+				     stack_id, site);
 	if (now)
 		tf |= SKPROF_TF_TIMED;
 	if (!recorded && v->refcounted) {
@@ -476,6 +585,7 @@ static __always_inline void acquire(void *tctx, struct caller *who, __u64 ret, _
 			.acquired_ns = now,
 			.run_id = who->run_id,
 			.tuple = tuple,
+			.site = site,
 			.len = len,
 			.prog_slot = who->prog_slot,
 			.prog_id = who->prog_id,
@@ -560,7 +670,7 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	read_sock(ret, helper_proto(helper), &v);
 	count_in(n, SKPROF_O_HIT, ret, v.cls, v.refcounted);
 	if (ledger && r)
-		held_put(rs, held, r, ret, 0, helper, v.cls, v.refcounted, -1);
+		held_put(rs, held, r, ret, 0, helper, v.cls, v.refcounted, -1, 0);
 	return true;
 }
 
@@ -576,7 +686,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 	struct sock_view v = {};
 	struct skprof_runs *rs;
 	struct probe_cpu *f;
-	__u64 now = 0, ts = 0, k1, k2, pctx, tuple;
+	__u64 now = 0, ts = 0, k1, k2, pctx, tuple, site = 0;
 	__u32 zero = 0, outcome, cls = 0;
 	int i;
 
@@ -617,30 +727,40 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 				who.run = -1;
 		}
 		outcome = ret ? SKPROF_O_HIT : match->reason;
+		/* The return probe runs with the return address restored as
+		 * the instruction pointer (kretprobe/rethook trampoline
+		 * handler, kernel/kprobes.c, kernel/trace/rethook.c): at entry
+		 * the stack holds the kretprobe trampoline's instead. */
+		if (sites_on)
+			site = PT_REGS_IP((struct pt_regs *)tctx);
 	} else {
 		pctx = k1;
 		tuple = k2;
 		find_caller(tctx, pctx, &who);
 		outcome = ret ? SKPROF_O_HIT : miss_reason(helper, args[2], args[3], args[4]);
+		if (sites_on)
+			site = site_tramp(args, 0, site_fn[helper]);
 	}
 
 	if (ret) {
 		read_sock(ret, helper_proto(helper), &v);
 		cls = v.cls;
 	}
-	/* Count the call: in the hash cell when grouped by place, else in the
-	 * directly indexed array (and the hash cell only when timed). */
-	if (places_on || ts) {
+	/* Count the call: in the hash cell when grouped by place or site,
+	 * else in the directly indexed array (and the hash cell only when
+	 * timed). */
+	if (places_on || sites_on || ts) {
 		key.prog_slot = who.prog_slot;
 		key.helper = helper;
 		key.outcome = outcome;
+		key.site = site;
 		if (places_on)
 			lookup_place(helper, pctx, ret, &key);
 		h = hist_of(&hists, &key);
 		if (h && ts)
 			hist_add(h, now > ts ? now - ts : 0);
 	}
-	if (places_on) {
+	if (places_on || sites_on) {
 		if (h) {
 			h->calls++;
 			if (ret) {
@@ -654,7 +774,7 @@ static __always_inline void on_exit(void *tctx, __u32 helper, bool kprobe, __u64
 	}
 	if (ret && ledger_on)
 		acquire(tctx, &who, ret, now, helper, cls, &v, tuple,
-			(__u32)(kprobe ? (match ? match->len : 0) : args[2]));
+			(__u32)(kprobe ? (match ? match->len : 0) : args[2]), site);
 	if (ts)
 		sampler_update(f, &f->sm[helper], ts);
 	if (match) {
@@ -694,9 +814,48 @@ static __always_inline bool release_fast(struct skprof_runs *rs, __u64 sk)
 	return true;
 }
 
+/*
+ * --sites: a release at `site` of a socket of class `cls`: `what` is 0 for
+ * a dropped reference, 1 a no-op, 2 a NULL socket, 3 an unmatched one;
+ * `acq` the call site of the lookup whose reference it dropped, 0: none.
+ */
+static __noinline int release_at(__u64 site, __u32 what, __u32 cls, __u64 acq)
+{
+	struct skprof_release_site zero = {}, *r;
+	struct skprof_site_pair pair;
+	__u64 one = 1, *n;
+
+	r = bpf_map_lookup_elem(&release_sites, &site);
+	if (!r) {
+		bpf_map_update_elem(&release_sites, &site, &zero, BPF_NOEXIST);
+		r = bpf_map_lookup_elem(&release_sites, &site);
+		if (!r)
+			return 0;
+	}
+	cls = cls < SKPROF_NR_CLASSES ? cls : SKPROF_C_OTHER;
+	if (what == 0)
+		r->released[cls]++;
+	else if (what == 1)
+		r->noop[cls]++;
+	else if (what == 2)
+		r->null++;
+	else
+		r->unmatched++;
+	if (!acq)
+		return 0;
+	pair.acquire = acq;
+	pair.release = site;
+	n = bpf_map_lookup_elem(&site_pairs, &pair);
+	if (n)
+		(*n)++;
+	else
+		bpf_map_update_elem(&site_pairs, &pair, &one, BPF_NOEXIST);
+	return 0;
+}
+
 /* bpf_sk_release past its fast path (see release_fast), out of line (see
- * entry_timed). */
-static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
+ * entry_timed). `site`: its call site (--sites), else 0. */
+static __noinline int release_slow(struct skprof_runs *rs, __u64 sk, __u64 site)
 {
 	struct skprof_counters *c = &rs->counters;
 	struct skprof_holder *hd = NULL;
@@ -717,11 +876,15 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 		cls = rr.sock_class < SKPROF_NR_CLASSES ? rr.sock_class : SKPROF_C_OTHER;
 		if (!(rr.flags & SKPROF_RF_REFCOUNTED)) {
 			c->release_noop[cls]++;
+			if (sites_on)
+				release_at(site, 1, cls, rr.site);
 			trace_ledger(SKPROF_EV_RELEASE, sk, rr.run_id, slot, rr.helper, cls,
 				     SKPROF_TF_MATCHED, 0);
 			return 0;
 		}
 		c->released[cls]++;
+		if (sites_on)
+			release_at(site, 0, cls, rr.site);
 		/* Hold time of the references whose lookup was timed. */
 		now = rr.acquired_ns ? bpf_ktime_get_ns() : 0;
 		if (rr.acquired_ns) {
@@ -741,13 +904,18 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 		return 0;
 	if (!v.refcounted) {
 		c->release_noop[cls]++;
+		if (sites_on)
+			release_at(site, 1, cls, 0);
 		if (ledger_on)
 			trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, 0, 0);
 		return 0;
 	}
 	c->released[cls]++;
-	if (!ledger_on)
+	if (!ledger_on) {
+		if (sites_on)
+			release_at(site, 0, cls, 0);
 		return 0;
+	}
 	ref = bpf_map_lookup_elem(&ledger, &sk);
 	if (ref) {
 		/* The most recent acquirer's reference: runs nest (LIFO). */
@@ -763,10 +931,14 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
 	now = bpf_ktime_get_ns();
 	if (!hd) {
 		c->release_unmatched[cls]++;
+		if (sites_on)
+			release_at(site, 3, cls, 0);
 		trace_ledger(SKPROF_EV_RELEASE, sk, 0, 0, 0, cls, SKPROF_TF_REFCOUNTED, now);
 		return 0;
 	}
 	slot = hd->prog_slot;
+	if (sites_on)
+		release_at(site, 0, cls, hd->site);
 	h = hist_of(&holds, &slot);
 	if (h) {
 		h->calls++;
@@ -786,20 +958,26 @@ static __noinline int release_slow(struct skprof_runs *rs, __u64 sk)
  * there with its class, so the socket is not read. Otherwise read it here,
  * at entry: after the call it may already be freed.
  */
-static __always_inline void on_release(__u64 sk)
+static __always_inline void on_release(void *tctx, __u64 sk, bool kprobe)
 {
 	struct skprof_runs *rs = get_runs();
+	__u64 site = 0;
 
 	if (!rs)
 		return;
+	if (sites_on)
+		site = kprobe ? site_kprobe(tctx) :
+				site_tramp(tctx, 1, site_fn[SKPROF_SITE_FN_RELEASE]);
 	if (!sk) {
 		rs->counters.release_null++;
+		if (sites_on)
+			release_at(site, 2, 0, 0);
 		if (ledger_on)
 			trace_ledger(SKPROF_EV_RELEASE, 0, 0, 0, 0, 0, 0, 0);
 		return;
 	}
 	if (!release_fast(rs, sk))
-		release_slow(rs, sk);
+		release_slow(rs, sk, site);
 }
 
 /* An fexit past its fast path (see fexit_fast), out of line (see
@@ -863,13 +1041,13 @@ FENTRY_PAIR(bpf_sock_addr_skc_lookup_tcp, SKPROF_H_SOCK_ADDR_SKC_LOOKUP_TCP)
 SEC("fentry/bpf_sk_release")
 int BPF_PROG(fentry_bpf_sk_release, __u64 sk)
 {
-	on_release(sk);
+	on_release(ctx, sk, false);
 	return 0;
 }
 
 SEC("kprobe/bpf_sk_release")
 int BPF_KPROBE(kprobe_bpf_sk_release, __u64 sk)
 {
-	on_release(sk);
+	on_release(ctx, sk, true);
 	return 0;
 }

@@ -105,6 +105,9 @@ struct skprof_hist_key {
 				 * (the caller's, for misses); 0 if unknown */
 	__u32 ifindex;		/* the packet's device (tc, XDP, skb); 0 for
 				 * sock_addr programs */
+	__u64 site;		/* --sites: the call site, the address in the
+				 * caller's JIT image the helper returns to;
+				 * 0: sites off, or not read (site_unknown) */
 };
 
 /* Reference and health counters, per CPU (in struct skprof_runs). */
@@ -136,6 +139,14 @@ struct skprof_counters {
 	 * sockets (SKPROF_HELD) was full: kept in the global ledger, not
 	 * checked at the run's end */
 	__u64 run_refs_full;
+	/* --sites: calls and releases whose call site could not be read (the
+	 * trampoline's frame did not hold the traced function's return
+	 * address where expected, nor anywhere in the words searched) */
+	__u64 site_unknown;
+	/* --sites, fentry mode: searches of the trampoline's frame for the
+	 * return address (the first call of each kind, and again whenever
+	 * the frame's layout changed, e.g. another tracer attached) */
+	__u64 site_searches;
 };
 
 /* Nested lookups one CPU can have in flight (process-context sock_addr call,
@@ -235,6 +246,7 @@ struct skprof_held {
 	};
 	__u32 prog_slot;	/* the run's program */
 	__u32 pad;
+	__u64 site;		/* --sites: the lookup's call site, else 0 */
 };
 
 /*
@@ -297,6 +309,7 @@ struct skprof_holder {
 	__u32 refcnt;		/* skc_refcnt just after the acquire (racy) */
 	__u16 helper;		/* enum skprof_helper */
 	__u16 cpu;
+	__u64 site;		/* --sites: call site of the first acquire, else 0 */
 };
 
 /* Acquirers one ledger socket tells apart; more share the last holder. */
@@ -338,5 +351,26 @@ struct skprof_trace {
 	__u32 prog_slot;
 	__u32 cpu;
 };
+
+/*
+ * Call sites (--sites). A release site's counts: key is the address in the
+ * caller's JIT image bpf_sk_release() returns to (0: not read).
+ */
+struct skprof_release_site {
+	__u64 released[SKPROF_NR_CLASSES];	/* dropped a reference */
+	__u64 noop[SKPROF_NR_CLASSES];		/* a socket holding none */
+	__u64 null;				/* bpf_sk_release(NULL) */
+	__u64 unmatched;	/* refcounted, of a reference no traced lookup took */
+};
+
+/* Key of the `site_pairs` map: where the references one lookup site took
+ * were released. */
+struct skprof_site_pair {
+	__u64 acquire;		/* the lookup's call site */
+	__u64 release;		/* bpf_sk_release()'s call site */
+};
+
+/* Index of bpf_sk_release in `site_fn` (after the lookup helpers). */
+#define SKPROF_SITE_FN_RELEASE SKPROF_NR_HELPERS
 
 #endif /* SKPROF_H */

@@ -102,6 +102,7 @@ fn key(prog: u32, helper: Helper, outcome: Outcome) -> CellKey {
         outcome,
         netns: 4_026_531_840,
         ifindex: 1,
+        site: 0,
     }
 }
 

@@ -59,6 +59,7 @@ fn key(prog: u32, helper: Helper, outcome: Outcome) -> CellKey {
         outcome,
         netns: 4_026_531_840,
         ifindex: 2,
+        site: 0,
     }
 }
 

@@ -426,6 +426,7 @@ fn reference(age_ns: u64) -> OutstandingRef {
         cpu: 0,
         refcnt: 2,
         stack_id: -1,
+        site: 0,
     }
 }
 
@@ -475,6 +476,7 @@ fn write_recording(path: &Path) {
                     outcome: s.outcome,
                     netns: 4026531840,
                     ifindex: 2,
+                    site: 0,
                 };
                 snapshot.cells.insert(key, cell);
             }

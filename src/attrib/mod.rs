@@ -32,6 +32,7 @@
 //! ```
 
 pub mod attach;
+pub mod code;
 mod seam;
 pub mod slots;
 pub mod xlated;

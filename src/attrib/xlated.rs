@@ -153,6 +153,20 @@ impl HelperAddrs {
         Ok(HelperAddrs { call_base, targets })
     }
 
+    /// The traced functions' addresses, the lookup helpers in `Helper`
+    /// order and then `bpf_sk_release` (0: not in this kernel), as the
+    /// probes' call-site check takes them.
+    pub fn site_fns(&self) -> [u64; Helper::COUNT + 1] {
+        let mut out = [0; Helper::COUNT + 1];
+        for (&addr, t) in &self.targets {
+            match t {
+                CallTarget::Lookup(h) => out[h.index()] = addr,
+                CallTarget::Release => out[Helper::COUNT] = addr,
+            }
+        }
+        out
+    }
+
     /// The function a helper call with this `imm` lands in, if it is one
     /// of ours. `imm` is a signed 32-bit offset from `__bpf_call_base`.
     pub fn resolve(&self, imm: i32) -> Option<CallTarget> {

@@ -143,8 +143,15 @@ impl Probes {
         rodata.ledger_trace = opts.ledger_trace && opts.ledger;
         // The fast paths test these instead of the flags they come from
         // (one load each per call: see the BPF side).
-        rodata.exit_fast_ok = !rodata.places_on && !rodata.ledger_stacks && !rodata.ledger_trace;
-        rodata.release_fast_ok = rodata.ledger_on && !rodata.ledger_trace;
+        // With sites every call goes to the slow paths: the fast ones
+        // neither read nor key by the site.
+        if let Some(fns) = opts.sites {
+            rodata.sites_on = true;
+            rodata.site_fn = fns;
+        }
+        rodata.exit_fast_ok =
+            !rodata.places_on && !rodata.ledger_stacks && !rodata.ledger_trace && !rodata.sites_on;
+        rodata.release_fast_ok = rodata.ledger_on && !rodata.ledger_trace && !rodata.sites_on;
         if rodata.ledger_trace {
             open.maps
                 .events
@@ -204,6 +211,7 @@ impl Probes {
             fallback_reason: None,
             calls,
             places: opts.places,
+            sites: opts.sites.is_some(),
         })
     }
 

@@ -54,6 +54,14 @@ unsafe impl AnyBitPattern for types::skprof_trace {}
 unsafe impl Zeroable for types::skprof_calls {}
 // SAFETY: u64 arrays only; any bit pattern is valid.
 unsafe impl AnyBitPattern for types::skprof_calls {}
+// SAFETY: u64 arrays and u64s only; all zeroes is valid.
+unsafe impl Zeroable for types::skprof_release_site {}
+// SAFETY: u64 arrays and u64s only; any bit pattern is valid.
+unsafe impl AnyBitPattern for types::skprof_release_site {}
+// SAFETY: two u64s; all zeroes is valid.
+unsafe impl Zeroable for types::skprof_site_pair {}
+// SAFETY: two u64s; any bit pattern is valid.
+unsafe impl AnyBitPattern for types::skprof_site_pair {}
 
 // The two types written to maps: the size of each is the sum of its
 // fields' sizes, so neither has padding bytes.

@@ -126,6 +126,10 @@ pub struct ProbeOptions {
     pub places: bool,
     /// Which calls are timed (every call is counted).
     pub sampling: LatencySample,
+    /// Record every call's and release's call site: the addresses of the
+    /// traced functions (the lookup helpers in `Helper` order, then
+    /// `bpf_sk_release`), from kallsyms; `None`: sites off.
+    pub sites: Option<[u64; Helper::COUNT + 1]>,
 }
 
 /// Which calls the probes time (`--latency-sample`). Every call is counted
@@ -201,6 +205,7 @@ impl Default for ProbeOptions {
             ledger_trace: false,
             places: true,
             sampling: LatencySample::AUTO,
+            sites: None,
         }
     }
 }
@@ -229,6 +234,8 @@ pub struct Probes {
     /// when calls are not grouped by place.
     pub(super) calls: CallsMap,
     pub(super) places: bool,
+    /// Call sites are recorded (`ProbeOptions::sites`).
+    pub(super) sites: bool,
 }
 
 impl Probes {

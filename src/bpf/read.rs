@@ -15,7 +15,7 @@ use super::skel::types;
 use crate::model::hist::{self, LogHist};
 use crate::model::ids::{Helper, Outcome, SockClass};
 use crate::model::ledger::{OutstandingRef, Tuple};
-use crate::model::snapshot::{Cell, CellKey, Counters, Snapshot};
+use crate::model::snapshot::{Cell, CellKey, Counters, ReleaseSite, Snapshot};
 
 /// The counters in one CPU's `struct skprof_runs`.
 pub(crate) fn counters_of(runs: &[u8]) -> Result<types::skprof_counters> {
@@ -106,13 +106,14 @@ impl Probes {
                 outcome,
                 netns: k.netns,
                 ifindex: k.ifindex,
+                site: k.site,
             };
             // Keys differ only in fields this build does not know: merge.
             cells.entry(key).or_insert_with(Cell::default).merge(&cell);
         }
         // Without places the hash cells hold only the timed calls'
         // latency; every call is counted in the array.
-        if !self.places {
+        if !self.places && !self.sites {
             let o = |f: usize| f / 8;
             let (outcomes, hits, acquired) = (
                 o(offset_of!(types::skprof_calls, outcomes)),
@@ -131,6 +132,7 @@ impl Probes {
                         outcome,
                         netns: 0,
                         ifindex: 0,
+                        site: 0,
                     };
                     let cell = cells.entry(key).or_insert_with(Cell::default);
                     cell.calls += calls;
@@ -178,15 +180,71 @@ impl Probes {
                 run_table_full: c.run_table_full,
                 hists_full: c.hists_full,
                 run_refs_full: c.run_refs_full,
+                site_unknown: c.site_unknown,
+                site_searches: c.site_searches,
             });
         }
+        let (release_sites, site_pairs) = if self.sites {
+            (self.read_release_sites()?, self.read_site_pairs()?)
+        } else {
+            Default::default()
+        };
         Ok(Snapshot {
             mono_ns,
             cells,
             holds,
             counters,
             recursion_misses: self.recursion_misses(),
+            release_sites,
+            site_pairs,
         })
+    }
+
+    /// `--sites`: every release site's counts, merged over CPUs.
+    fn read_release_sites(&self) -> Result<BTreeMap<u64, ReleaseSite>> {
+        let map = &self.skel.maps.release_sites;
+        let mut out = BTreeMap::new();
+        for key in map.keys() {
+            let site = read_pod::<u64>(&key)?;
+            let Some(per_cpu) = map
+                .lookup_percpu(&key, MapFlags::ANY)
+                .context("read map release_sites")?
+            else {
+                continue;
+            };
+            let r: &mut ReleaseSite = out.entry(site).or_default();
+            for bytes in &per_cpu {
+                let v: types::skprof_release_site = read_pod(bytes)?;
+                r.merge(&ReleaseSite {
+                    released: v.released,
+                    noop: v.noop,
+                    null: v.null,
+                    unmatched: v.unmatched,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `--sites`: releases by (lookup site, release site), merged over CPUs.
+    fn read_site_pairs(&self) -> Result<BTreeMap<(u64, u64), u64>> {
+        let map = &self.skel.maps.site_pairs;
+        let mut out = BTreeMap::new();
+        for key in map.keys() {
+            let k: types::skprof_site_pair = read_pod(&key)?;
+            let Some(per_cpu) = map
+                .lookup_percpu(&key, MapFlags::ANY)
+                .context("read map site_pairs")?
+            else {
+                continue;
+            };
+            let mut n = 0;
+            for bytes in &per_cpu {
+                n += read_pod::<u64>(bytes)?;
+            }
+            *out.entry((k.acquire, k.release)).or_insert(0) += n;
+        }
+        Ok(out)
     }
 
     /// Deletes the aggregates of program slots that were freed (their
@@ -241,6 +299,7 @@ pub(super) fn outstanding(sk: u64, r: &types::skprof_ref, i: usize) -> Outstandi
         cpu: h.cpu,
         refcnt: h.refcnt,
         stack_id: h.stack_id,
+        site: h.site,
     }
 }
 

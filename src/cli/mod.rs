@@ -137,6 +137,13 @@ pub struct SessionArgs {
     /// grouped by stack (a stack walk per acquire: costly on a hot path).
     #[arg(long)]
     pub stacks: bool,
+    /// Record each lookup's and release's call site: the instruction and
+    /// source line of the calling program (BTF line info), for rows by site
+    /// (`stat --by site`), `annotate` and leaks that name their line. Every
+    /// call then takes the probes' slow path (see docs/performance.md for
+    /// the price).
+    #[arg(long)]
+    pub sites: bool,
     /// Outstanding references the ledger can hold (more are counted as
     /// drops).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
@@ -193,6 +200,7 @@ impl SessionArgs {
             max_series: self.max_series,
             places: false,
             ledger_trace: false,
+            sites: self.sites,
             workload: self.workload.then(|| WorkloadOptions {
                 count: self.workload_count,
                 rounds: self.workload_rounds,

@@ -66,6 +66,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
     let mut opts = args.session.options();
     // Where each call happened is read only when the rows are places.
     opts.places = matches!(args.by, Grouping::Netns | Grouping::Interface);
+    opts.sites |= args.by == Grouping::Site;
     let mut live = LiveSource::start(&opts, Duration::from_secs_f64(args.interval))?;
     let info = live.info();
     let mut out = std::io::stdout().lock();
@@ -145,6 +146,9 @@ fn program_label(p: &ProgramRef) -> String {
 
 /// What the first column says for a row of `--by program|netns|interface`.
 fn row_label(r: &HelperStats) -> String {
+    if let Some(site) = &r.site {
+        return words::site_label(site);
+    }
     if let Some(p) = &r.program {
         return program_label(p);
     }
@@ -170,10 +174,12 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
         Grouping::Program => Some("PROGRAM"),
         Grouping::Netns => Some("NETNS"),
         Grouping::Interface => Some("INTERFACE"),
+        Grouping::Site => Some("SITE"),
     };
+    let width = if s.by == Grouping::Site { 40 } else { 24 };
     let prog_col = |label: &str| {
         if first_col.is_some() {
-            format!("{label:<24} ")
+            format!("{label:<width$} ")
         } else {
             String::new()
         }
@@ -220,6 +226,26 @@ pub fn format_table(s: &IntervalStats, units: Units, clock: &str) -> String {
         "bpf_sk_release: {} calls, {} dropped a reference, {} no-op, {} NULL; acquired {} \u{2192} {}\n",
         rel.calls, rel.dropped, rel.noop, rel.null, s.acquired, s.balance.text
     );
+    for r in &s.release_sites {
+        let from: Vec<String> = r
+            .from
+            .iter()
+            .map(|p| format!("{} ({})", words::site_place(&p.site), p.releases))
+            .collect();
+        t += &format!(
+            "  release at {}: {} calls, {} dropped, {} no-op, {} NULL{}\n",
+            words::site_label(&r.site),
+            r.calls,
+            r.dropped,
+            r.noop,
+            r.null,
+            if from.is_empty() {
+                String::new()
+            } else {
+                format!("; looked up at {}", from.join(", "))
+            }
+        );
+    }
     if rel.hold_ns.count > 0 {
         t += &format!(
             "{}: p50 {} p99 {} max {} {u}\n",
@@ -262,6 +288,7 @@ mod tests {
             outcome: Outcome::Hit,
             netns: 4026531840,
             ifindex: 1,
+            site: 0,
         };
         s.cells.insert(key, cell.clone());
         // Same helper from a second namespace, through a sock_addr-less
@@ -271,6 +298,7 @@ mod tests {
                 outcome: Outcome::NoSocket,
                 netns: 4026532000,
                 ifindex: 0,
+                site: 0,
                 ..key
             },
             Cell {

@@ -38,6 +38,7 @@ pub(crate) mod tests {
             outcome,
             netns,
             ifindex: 1,
+            site: 0,
         }
     }
 
@@ -71,6 +72,7 @@ pub(crate) mod tests {
             cpu: 0,
             refcnt: 2,
             stack_id: -1,
+            site: 0,
         }
     }
 

@@ -338,6 +338,7 @@ mod tests {
             cpu: 0,
             refcnt: 2,
             stack_id,
+            site: 0,
         }
     }
 

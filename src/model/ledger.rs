@@ -112,6 +112,10 @@ pub struct OutstandingRef {
     pub refcnt: u32,
     /// Kernel stack id at the acquire, negative when none was taken.
     pub stack_id: i32,
+    /// `--sites`: the lookup's call site (0: unknown); groups show it
+    /// resolved.
+    #[serde(skip)]
+    pub site: u64,
 }
 
 /// A run that ended still holding a reference it acquired (from the ring
@@ -348,6 +352,7 @@ mod tests {
             cpu: 0,
             refcnt: 2,
             stack_id: 7,
+            site: 0,
         }
     }
 

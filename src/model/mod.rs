@@ -7,6 +7,7 @@ pub mod leak_watch;
 pub mod ledger;
 pub mod ledger_model;
 pub mod reading;
+pub mod sites;
 pub mod snapshot;
 pub mod tally;
 pub mod window;

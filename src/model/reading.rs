@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::ids::Helper;
 use super::ledger::{LedgerScan, RunLeak};
 use super::ledger_model::LedgerEvent;
+use super::sites::Site;
 use super::snapshot::{Labels, ProgramRef, Snapshot};
 use super::words;
 
@@ -77,6 +78,8 @@ pub struct Reading {
     pub names: BTreeMap<u32, String>,
     /// Interface names by (netns, ifindex), where known.
     pub interfaces: BTreeMap<(u32, u32), String>,
+    /// `--sites`: the call sites resolved so far, by address.
+    pub sites: BTreeMap<u64, Site>,
     /// Program slots freed since the previous reading: their aggregates
     /// were deleted and the slot may hold another program now, so they
     /// leave every earlier reading before this one is subtracted from it.
@@ -135,5 +138,9 @@ impl Labels for Reading {
 
     fn interface(&self, netns: u32, ifindex: u32) -> Option<String> {
         self.interfaces.get(&(netns, ifindex)).cloned()
+    }
+
+    fn site(&self, addr: u64) -> Option<Site> {
+        self.sites.get(&addr).cloned()
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::hist::{LogHist, Percentiles};
 use super::ids::{Helper, Outcome, SockClass};
+use super::sites::Site;
 
 const H: usize = Helper::COUNT;
 const C: usize = SockClass::COUNT;
@@ -25,6 +26,11 @@ pub struct Counters {
     pub run_table_full: u64,
     pub hists_full: u64,
     pub run_refs_full: u64,
+    /// `--sites`: calls and releases whose call site could not be read.
+    pub site_unknown: u64,
+    /// `--sites`, fentry mode: searches of a trampoline's frame for the
+    /// call site (once per kind of function, again if its layout changes).
+    pub site_searches: u64,
 }
 
 fn sub_arr<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
@@ -50,6 +56,8 @@ impl Counters {
         self.run_table_full += o.run_table_full;
         self.hists_full += o.hists_full;
         self.run_refs_full += o.run_refs_full;
+        self.site_unknown += o.site_unknown;
+        self.site_searches += o.site_searches;
     }
 
     pub fn delta(&self, e: &Counters) -> Counters {
@@ -65,6 +73,8 @@ impl Counters {
             run_table_full: self.run_table_full.saturating_sub(e.run_table_full),
             hists_full: self.hists_full.saturating_sub(e.hists_full),
             run_refs_full: self.run_refs_full.saturating_sub(e.run_refs_full),
+            site_unknown: self.site_unknown.saturating_sub(e.site_unknown),
+            site_searches: self.site_searches.saturating_sub(e.site_searches),
         }
     }
 }
@@ -84,6 +94,9 @@ pub struct CellKey {
     pub netns: u32,
     /// The packet's device (tc, XDP, skb helpers); 0 for sock_addr.
     pub ifindex: u32,
+    /// `--sites`: the call site (the return address into the caller's
+    /// JIT image); 0 when sites are off or it could not be read.
+    pub site: u64,
 }
 
 /// One (program, helper, outcome) aggregate: every call, the latency of
@@ -135,6 +148,45 @@ pub struct Snapshot {
     /// Probe runs the kernel skipped because the probe was already running on
     /// that CPU (sum of `recursion_misses` over skprof's programs).
     pub recursion_misses: u64,
+    /// `--sites`: what each `bpf_sk_release` call site released.
+    pub release_sites: BTreeMap<u64, ReleaseSite>,
+    /// `--sites`: releases by (lookup site that took the socket, release
+    /// site).
+    pub site_pairs: BTreeMap<(u64, u64), u64>,
+}
+
+/// What one `bpf_sk_release` call site released (`struct
+/// skprof_release_site`, merged over CPUs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReleaseSite {
+    pub released: [u64; C],
+    pub noop: [u64; C],
+    pub null: u64,
+    /// Refcounted releases of references no traced lookup took.
+    pub unmatched: u64,
+}
+
+impl ReleaseSite {
+    pub fn merge(&mut self, o: &ReleaseSite) {
+        add_arr(&mut self.released, &o.released);
+        add_arr(&mut self.noop, &o.noop);
+        self.null += o.null;
+        self.unmatched += o.unmatched;
+    }
+
+    pub fn delta(&self, e: &ReleaseSite) -> ReleaseSite {
+        ReleaseSite {
+            released: sub_arr(&self.released, &e.released),
+            noop: sub_arr(&self.noop, &e.noop),
+            null: self.null.saturating_sub(e.null),
+            unmatched: self.unmatched.saturating_sub(e.unmatched),
+        }
+    }
+
+    /// Every call at this site.
+    pub fn calls(&self) -> u64 {
+        self.released.iter().sum::<u64>() + self.noop.iter().sum::<u64>() + self.null
+    }
 }
 
 fn delta_map<K: Ord + Copy, V: Clone>(
@@ -159,6 +211,14 @@ impl Snapshot {
             recursion_misses: self
                 .recursion_misses
                 .saturating_sub(earlier.recursion_misses),
+            release_sites: delta_map(
+                &self.release_sites,
+                &earlier.release_sites,
+                ReleaseSite::delta,
+            ),
+            site_pairs: delta_map(&self.site_pairs, &earlier.site_pairs, |a, b| {
+                a.saturating_sub(*b)
+            }),
         }
     }
 
@@ -284,6 +344,9 @@ pub enum Grouping {
     /// One row per (packet's interface, helper function); sock_addr lookups
     /// have no interface (ifindex 0).
     Interface,
+    /// One row per (call site, helper function): the calling program's
+    /// instruction and source line (needs --sites; implied).
+    Site,
 }
 
 /// Where a row's lookups happened (`--by netns|interface`).
@@ -306,6 +369,9 @@ pub struct HelperStats {
     pub program: Option<ProgramRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub place: Option<PlaceRef>,
+    /// `--by site`: where in the program the helper was called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
     pub helper: &'static str,
     pub calls: u64,
     pub calls_per_s: f64,
@@ -352,6 +418,7 @@ impl HelperStats {
         HelperStats {
             program,
             place: None,
+            site: None,
             helper: helper.function(),
             calls: all.calls,
             calls_per_s: rate(all.calls, secs),
@@ -464,6 +531,9 @@ pub struct IntervalStats {
     pub by: Grouping,
     pub helpers: Vec<HelperStats>,
     pub release: ReleaseStats,
+    /// `--by site`: one row per `bpf_sk_release` call site.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub release_sites: Vec<ReleaseSiteStats>,
     pub acquired: u64,
     /// Acquired against released, in the words every face uses.
     pub balance: super::words::Balance,
@@ -527,6 +597,12 @@ impl IntervalStats {
                     .collect();
                 place_rows(delta, interval_s, helpers, places, labels)
             }
+            Grouping::Site => site_rows(delta, interval_s, helpers, labels),
+        };
+        let release_sites = if by == Grouping::Site {
+            release_site_rows(delta, labels)
+        } else {
+            Vec::new()
         };
         let dropped_by_class = ByClass::from_array(&c.released);
         let noop_by_class = ByClass::from_array(&c.release_noop);
@@ -565,6 +641,7 @@ impl IntervalStats {
             balance: super::words::Balance::of(acquired, release.dropped, release.unmatched),
             helpers: rows,
             release,
+            release_sites,
             drops,
         }
     }
@@ -578,6 +655,120 @@ pub trait Labels {
     fn interface(&self, _netns: u32, _ifindex: u32) -> Option<String> {
         None
     }
+    /// The call site at `addr`, if resolved.
+    fn site(&self, _addr: u64) -> Option<Site> {
+        None
+    }
+}
+
+/// The site at `addr` as rows show it: resolved, or only its address.
+fn site_of(labels: &dyn Labels, addr: u64) -> Site {
+    labels.site(addr).unwrap_or_else(|| Site {
+        addr,
+        prog_id: 0,
+        prog_name: String::new(),
+        func: String::new(),
+        offset: 0,
+        insn: None,
+        line: None,
+    })
+}
+
+/// Call sites with at least one cell, ascending, with the program slot
+/// their calls were charged to.
+fn sites_of(delta: &Snapshot) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = delta.cells.keys().map(|k| (k.site, k.prog)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// One row per (site, helper) called: its program is the site's, known
+/// without tracing the program; else the slot's.
+fn site_rows(
+    delta: &Snapshot,
+    secs: f64,
+    helpers: &[Helper],
+    labels: &dyn Labels,
+) -> Vec<HelperStats> {
+    let mut rows = Vec::new();
+    for (addr, slot) in sites_of(delta) {
+        for &h in helpers {
+            let cells = delta.merged_where(h, |k| k.site == addr && k.prog == slot);
+            if cells.iter().all(|c| c.calls == 0) {
+                continue;
+            }
+            let site = site_of(labels, addr);
+            let prog = if site.prog_id != 0 {
+                ProgramRef {
+                    slot,
+                    id: site.prog_id,
+                    name: site.prog_name.clone(),
+                }
+            } else {
+                labels.program(slot)
+            };
+            let mut row =
+                HelperStats::from_cells(h, &cells, secs, Some(prog), None, &delta.counters);
+            row.site = Some(site);
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// One `bpf_sk_release` call site over an interval (`--by site`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReleaseSiteStats {
+    pub site: Site,
+    pub calls: u64,
+    pub dropped: u64,
+    pub noop: u64,
+    pub null: u64,
+    /// Refcounted releases of references no traced lookup took.
+    pub unmatched: u64,
+    /// The lookup sites whose sockets it released, most first.
+    pub from: Vec<SitePair>,
+}
+
+/// Releases at one site of sockets one lookup site found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SitePair {
+    pub site: Site,
+    pub releases: u64,
+}
+
+fn release_site_rows(delta: &Snapshot, labels: &dyn Labels) -> Vec<ReleaseSiteStats> {
+    delta
+        .release_sites
+        .iter()
+        .filter(|(_, r)| r.calls() > 0)
+        .map(|(&addr, r)| {
+            let mut from: Vec<SitePair> = delta
+                .site_pairs
+                .iter()
+                .filter(|(&(_, rel), &n)| rel == addr && n > 0)
+                .map(|(&(acq, _), &n)| SitePair {
+                    site: site_of(labels, acq),
+                    releases: n,
+                })
+                .collect();
+            from.sort_by(|a, b| {
+                b.releases
+                    .cmp(&a.releases)
+                    .then(a.site.addr.cmp(&b.site.addr))
+            });
+            ReleaseSiteStats {
+                site: site_of(labels, addr),
+                calls: r.calls(),
+                dropped: r.released.iter().sum(),
+                noop: r.noop.iter().sum(),
+                null: r.null,
+                unmatched: r.unmatched,
+                from,
+            }
+        })
+        .collect()
 }
 
 impl<F: Fn(u32) -> ProgramRef> Labels for F {
@@ -652,6 +843,7 @@ mod tests {
             outcome,
             netns: 1,
             ifindex: 1,
+            site: 0,
         }
     }
 

@@ -78,6 +78,7 @@ mod tests {
                 outcome: Outcome::Hit,
                 netns: 0,
                 ifindex: 0,
+                site: 0,
             };
             let hist = LogHist::from_dense(calls, 0, 0, 0, &[]);
             s.cells.insert(

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::sites::Site;
 use super::snapshot::{ProgramRef, UNATTRIBUTED};
 
 /// Calls from programs skprof does not trace.
@@ -38,6 +39,29 @@ pub fn program_label(p: &ProgramRef) -> String {
         p.name.clone()
     } else {
         format!("{}[{}]", p.name, p.id)
+    }
+}
+
+/// Where a call site is, in a few characters: `file.c:LINE` from the
+/// program's line info, else `func+0xOFF` in its JIT image, else the bare
+/// address (a site in no known program).
+pub fn site_place(s: &Site) -> String {
+    match (&s.line, s.prog_id) {
+        (Some(l), _) => {
+            let file = l.file.rsplit('/').next().unwrap_or(&l.file);
+            format!("{file}:{}", l.line)
+        }
+        (None, 0) => format!("{:#x}", s.addr),
+        (None, _) => format!("{}+{:#x}", s.func, s.offset),
+    }
+}
+
+/// A call site with its program: `name[id] file.c:LINE`.
+pub fn site_label(s: &Site) -> String {
+    if s.prog_id == 0 {
+        format!("{} {}", NOT_TRACED, site_place(s))
+    } else {
+        format!("{}[{}] {}", s.prog_name, s.prog_id, site_place(s))
     }
 }
 

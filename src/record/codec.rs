@@ -421,6 +421,8 @@ fn dec_counters(d: &mut Dec) -> DResult<Counters> {
         } else {
             0
         },
+        // Recordings keep no call sites.
+        ..Counters::default()
     })
 }
 
@@ -460,6 +462,7 @@ pub fn dec_snapshot(d: &mut Dec) -> DResult<Snapshot> {
             outcome: d.outcome()?,
             netns: d.u32("netns")?,
             ifindex: d.u32("ifindex")?,
+            site: 0,
         };
         // Version 1 timed every call: its histogram counted them all.
         let calls = if d.version >= 2 {
@@ -495,6 +498,7 @@ pub fn dec_snapshot(d: &mut Dec) -> DResult<Snapshot> {
         holds,
         counters: dec_counters(d)?,
         recursion_misses: d.var("recursion misses")?,
+        ..Snapshot::default()
     })
 }
 
@@ -658,6 +662,7 @@ fn dec_ref(d: &mut Dec) -> DResult<OutstandingRef> {
                 d.err(format!("stack id {v} does not fit 32 bits"))
             })?
         },
+        site: 0,
     })
 }
 

@@ -215,6 +215,7 @@ impl Synth {
                             outcome,
                             netns: NETNS,
                             ifindex,
+                            site: 0,
                         },
                         weight: w * share,
                         base_ns,

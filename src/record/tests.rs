@@ -80,6 +80,7 @@ pub fn key(prog: u32, helper: Helper, outcome: Outcome) -> CellKey {
         outcome,
         netns: 4_026_531_840,
         ifindex: 1,
+        site: 0,
     }
 }
 
@@ -178,6 +179,7 @@ fn reference(sk: u64, prog_id: u32) -> OutstandingRef {
         cpu: 1,
         refcnt: 3,
         stack_id: -14,
+        site: 0,
     }
 }
 

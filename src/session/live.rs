@@ -218,6 +218,7 @@ impl LiveSource {
             l.prog_name = self.session.program_name(l.prog_id);
         }
         let programs = self.labels(&snapshot);
+        let sites = self.learn_sites(&snapshot, ledger.as_ref(), &run_leaks);
         let mut interfaces = BTreeMap::new();
         for (netns, ifindex) in snapshot.interfaces() {
             if ifindex == 0 {
@@ -258,6 +259,7 @@ impl LiveSource {
             programs,
             names: self.session.names.clone(),
             interfaces,
+            sites,
             freed_slots: rescan.freed_slots,
             ledger,
             run_leaks,
@@ -290,6 +292,45 @@ impl LiveSource {
             }
         }
         Ok(reading)
+    }
+
+    /// `--sites`: resolves the call sites this reading mentions that are
+    /// new, and gives every site resolved so far.
+    fn learn_sites(
+        &mut self,
+        s: &Snapshot,
+        ledger: Option<&LedgerScan>,
+        leaks: &[crate::model::ledger::RunLeak],
+    ) -> BTreeMap<u64, crate::model::sites::Site> {
+        use crate::model::sites::Callee;
+        let Some(table) = self.session.sites.as_mut() else {
+            return BTreeMap::new();
+        };
+        let lookups = s
+            .cells
+            .keys()
+            .map(|k| (k.site, Callee::Lookup(k.helper)))
+            .chain(s.site_pairs.keys().filter_map(|(a, _)| {
+                let h = s.cells.keys().find(|k| k.site == *a)?.helper;
+                Some((*a, Callee::Lookup(h)))
+            }))
+            .chain(
+                ledger
+                    .into_iter()
+                    .flat_map(|l| l.refs.iter().map(|r| (r.site, Callee::Lookup(r.helper)))),
+            )
+            .chain(
+                leaks
+                    .iter()
+                    .map(|l| (l.reference.site, Callee::Lookup(l.reference.helper))),
+            );
+        let releases = s
+            .release_sites
+            .keys()
+            .map(|&a| (a, Callee::Release))
+            .collect::<Vec<_>>();
+        table.learn(lookups.collect::<Vec<_>>().into_iter().chain(releases));
+        table.resolved()
     }
 
     /// Every slot the snapshot mentions, and every attributed program's.

@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use crate::attrib::code::SiteTable;
+use crate::attrib::xlated::HelperAddrs;
 use crate::attrib::{Attributor, Method};
 use crate::bpf::probes::{LatencySample, ProbeKind, ProbeMode, ProbeOptions, Probes};
 use crate::error::SkprofError;
@@ -68,6 +70,8 @@ pub struct SessionOptions {
     pub places: bool,
     /// Every ledger step through the ring buffer (`leaks --trace`).
     pub ledger_trace: bool,
+    /// Record each call's call site (rows by site, source lines).
+    pub sites: bool,
     /// The built-in workload, run in the background.
     pub workload: Option<WorkloadOptions>,
 }
@@ -103,6 +107,8 @@ pub struct Session {
     pub names: BTreeMap<u32, String>,
     /// What the probes cost per lookup, with `calibrate`.
     pub overhead: Option<calibrate::Overhead>,
+    /// Resolves call sites, with `sites`.
+    pub sites: Option<SiteTable>,
 }
 
 impl Session {
@@ -115,7 +121,15 @@ impl Session {
             .into());
         }
         let funcs = KernelFunctions::discover();
+        let site_addrs = if opts.sites {
+            let text = std::fs::read_to_string("/proc/kallsyms")
+                .map_err(|e| anyhow::anyhow!("read /proc/kallsyms for --sites: {e}"))?;
+            Some(HelperAddrs::from_kallsyms(&text)?)
+        } else {
+            None
+        };
         let probe_opts = ProbeOptions {
+            sites: site_addrs.as_ref().map(HelperAddrs::site_fns),
             ledger: opts.ledger,
             ledger_size: opts.ledger_size,
             max_series: opts.max_series,
@@ -175,6 +189,7 @@ impl Session {
             attribute_by: opts.attribute_by,
             names: BTreeMap::new(),
             overhead,
+            sites: site_addrs.map(SiteTable::new),
         };
         session.rescan()?;
         Ok(session)
@@ -194,6 +209,9 @@ impl Session {
     /// went away. If attribution fails it is switched off with the reason
     /// kept, and tracing goes on unattributed.
     pub fn rescan(&mut self) -> Result<Rescan> {
+        if let Some(t) = self.sites.as_mut() {
+            t.refresh();
+        }
         let Some(attrib) = self.attrib.as_mut() else {
             return Ok(Rescan::default());
         };

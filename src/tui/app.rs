@@ -77,7 +77,8 @@ impl RowKey {
         let helper = k.helper;
         match by {
             Grouping::Helper => RowKey::Helper(helper),
-            Grouping::Program => RowKey::Program {
+            // top does not group by site yet: by program.
+            Grouping::Program | Grouping::Site => RowKey::Program {
                 slot: k.prog,
                 helper,
             },
@@ -552,7 +553,7 @@ impl App {
                     Grouping::Program => Grouping::Helper,
                     Grouping::Helper => Grouping::Netns,
                     Grouping::Netns => Grouping::Interface,
-                    Grouping::Interface => Grouping::Program,
+                    Grouping::Interface | Grouping::Site => Grouping::Program,
                 };
                 // Row keys of another grouping name nothing here.
                 self.selected = None;
@@ -969,7 +970,7 @@ fn ref_row(
 ) -> Option<RowKey> {
     match by {
         Grouping::Helper => Some(RowKey::Helper(helper)),
-        Grouping::Program => {
+        Grouping::Program | Grouping::Site => {
             let slot = if prog_id == 0 {
                 UNATTRIBUTED
             } else {

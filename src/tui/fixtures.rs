@@ -191,6 +191,7 @@ fn outstanding(
         cpu: 1,
         refcnt: 2,
         stack_id: -1,
+        site: 0,
     }
 }
 
@@ -223,6 +224,7 @@ pub fn batch(k: u64) -> Reading {
             outcome: s.outcome,
             netns: s.netns,
             ifindex: s.ifindex,
+            site: 0,
         };
         snapshot.cells.insert(key, cell);
     }

@@ -105,6 +105,7 @@ fn grouping_name(g: Grouping) -> &'static str {
         Grouping::Program => "program",
         Grouping::Netns => "netns",
         Grouping::Interface => "interface",
+        Grouping::Site => "site",
     }
 }
 

@@ -345,6 +345,7 @@ mod tests {
             cpu: 0,
             refcnt: 2,
             stack_id: 3,
+            site: 0,
         };
         let leak = RunLeak {
             ts_ns: 1,

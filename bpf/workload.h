@@ -92,4 +92,43 @@ struct wl_sockhash_counters {
 	__u64 map_hits[SKPROF_NR_CLASSES];
 };
 
+/*
+ * The opt-in "sites" case (sites.bpf.c): one tc program with four lookup
+ * call sites, two of them in a __noinline subprogram and one taken on a
+ * branch, and two release sites, each counted by the program itself.
+ */
+enum wl_site {
+	WL_S_MAIN_TCP = 0,	/* main: bpf_sk_lookup_tcp, established: acquires */
+	WL_S_MAIN_UDP,		/* main, every third run: bpf_sk_lookup_udp, UDP: no reference */
+	WL_S_SUB_SKC,		/* subprogram, odd runs: bpf_skc_lookup_tcp, established: acquires */
+	WL_S_SUB_TCP,		/* subprogram, even runs: bpf_sk_lookup_tcp, no such socket: a miss */
+	WL_NR_SITES,
+};
+
+enum wl_release_site {
+	WL_R_MAIN = 0,		/* releases the main lookups' sockets */
+	WL_R_SUB,		/* releases the subprogram's */
+	WL_NR_RELEASE_SITES,
+};
+
+struct wl_sites_config {
+	__u32 armed;		/* 0: the program only counts the run */
+	__u32 pad;
+	struct wl_tuple tcp;	/* IPv4: an established socket */
+	struct wl_tuple udp;	/* IPv4: a bound UDP socket */
+	struct wl_tuple none;	/* IPv4: no socket */
+};
+
+struct wl_site_counts {
+	__u64 calls;
+	__u64 hits;
+	__u64 acquired;		/* hits on a refcounted socket */
+};
+
+struct wl_sites_counters {
+	__u64 runs;		/* armed runs */
+	struct wl_site_counts lookup[WL_NR_SITES];
+	__u64 released[WL_NR_RELEASE_SITES];	/* bpf_sk_release() calls */
+};
+
 #endif /* SKPROF_WORKLOAD_H */

@@ -499,6 +499,7 @@ fn write_recording(path: &Path) {
             prog_id: 41,
             prog_name: "tc_steer[41]".into(),
             reference: reference(500_000),
+            site: None,
         }],
         ledger: Some(LedgerScan {
             now_ns: SCAN_NS,

@@ -83,6 +83,7 @@ impl Probes {
                     prog_id: reference.prog_id,
                     prog_name: String::new(),
                     reference,
+                    site: None,
                 });
             } else if let Some(ev) = trace_event(&read_pod(&bytes)?) {
                 out.trace.push(ev);

@@ -1,6 +1,7 @@
 //! Command-line interface: parsing, the tracing session shared by the
 //! commands, and the background workload.
 
+pub mod annotate;
 pub mod bench;
 pub mod check;
 pub mod daemon;
@@ -67,6 +68,11 @@ pub enum Command {
     /// Run the built-in workload alone: BPF programs of skprof's own that
     /// call every lookup helper family with exact, known counts.
     Workload(WorkloadArgs),
+    /// One BPF program's source lines (BTF line info) with, at every call
+    /// site of a lookup helper or bpf_sk_release, its calls, hits, misses,
+    /// latency, references acquired, where they were released and how many
+    /// are outstanding (records call sites: --sites).
+    Annotate(annotate::AnnotateArgs),
     /// Serve the measurements as Prometheus/OpenMetrics metrics on
     /// /metrics (a daemon: loopback by default, structured logs, SIGHUP
     /// rescans the programs).
@@ -83,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::Workload(a) => crate::workload::run_cli(&a),
         Command::Export(a) => export::run(&a),
+        Command::Annotate(a) => annotate::run(&a),
         Command::Record(a) => record::run(&a),
         Command::Report(a) => report::run(&a),
     }

@@ -142,6 +142,7 @@ pub(crate) mod tests {
                     prog_id: 101,
                     prog_name: String::new(),
                     reference: old,
+                    site: None,
                 }],
                 ..Default::default()
             },

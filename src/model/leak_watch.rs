@@ -520,6 +520,7 @@ mod tests {
             prog_id,
             prog_name: String::new(),
             reference: r(1, 0, prog_id, helper, -1),
+            site: None,
         };
         let runs = vec![
             leak(7, Helper::TcSkLookupTcp),
@@ -582,6 +583,8 @@ mod tests {
                         .map(|x| n(x) as u32)
                         .collect(),
                     states: strings(&g["states"]),
+                    site_addr: 0,
+                    site: None,
                 })
                 .collect(),
             run_leaks: v["run_leaks"]
@@ -595,6 +598,7 @@ mod tests {
                         prog_id,
                         prog_name: l["prog_name"].as_str().unwrap().into(),
                         reference: r(0, 0, prog_id, helper(&l["helper"]), -1),
+                        site: None,
                     }
                 })
                 .collect(),
@@ -668,6 +672,7 @@ mod tests {
             events_dropped: 0,
             run_table_full: 0,
             run_refs_full: 0,
+            site_unknown: 0,
         };
         assert!(d.update(&x).is_empty());
         x.ledger_full = 3;

@@ -16,6 +16,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+use super::sites::Site;
+
 use super::ids::{Helper, SockClass};
 
 /// The tuple a lookup was given (`struct bpf_sock_tuple`), as the program
@@ -148,6 +150,10 @@ pub struct RunLeak {
     pub prog_name: String,
     #[serde(flatten)]
     pub reference: OutstandingRef,
+    /// `--sites`: where the leaked reference was looked up (filled in by
+    /// [`LeakReport::locate`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
 }
 
 /// Outstanding references grouped by (program, helper, stack).
@@ -157,6 +163,12 @@ pub struct LeakGroup {
     pub prog_name: String,
     pub helper: &'static str,
     pub stack_id: i32,
+    /// `--sites`: the lookup's call site (0: unknown), a part of the
+    /// group's key, and resolved (filled in by [`LeakReport::locate`]).
+    #[serde(skip)]
+    pub site_addr: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
     /// The kernel stack of `stack_id`, innermost frame first, symbolized
     /// (with `--stacks`; see [`LeakReport::symbolize`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -222,6 +234,16 @@ impl LeakReport {
         }
     }
 
+    /// Names each group's and run leak's call site from `sites` (`--sites`).
+    pub fn locate(&mut self, sites: &BTreeMap<u64, Site>) {
+        for g in &mut self.groups {
+            g.site = sites.get(&g.site_addr).cloned();
+        }
+        for l in &mut self.run_leaks {
+            l.site = sites.get(&l.reference.site).cloned();
+        }
+    }
+
     pub fn has_leaks(&self) -> bool {
         self.leaked_references > 0 || !self.run_leaks.is_empty()
     }
@@ -234,9 +256,11 @@ impl LeakReport {
             .ledger
             .as_ref()
             .map_or((&[][..], r.mono_ns()), |l| (&l.refs[..], l.now_ns));
-        LeakReport::build(refs, r.run_leaks.clone(), now_ns, older_than_ns, &|id| {
+        let mut rep = LeakReport::build(refs, r.run_leaks.clone(), now_ns, older_than_ns, &|id| {
             r.program_name(id)
-        })
+        });
+        rep.locate(&r.sites);
+        rep
     }
 
     pub fn build(
@@ -249,7 +273,7 @@ impl LeakReport {
         for l in &mut run_leaks {
             l.prog_name = name(l.prog_id);
         }
-        type Key = (u32, Helper, i32);
+        type Key = (u32, Helper, i32, u64);
         struct Acc {
             sockets: u64,
             references: u64,
@@ -268,7 +292,7 @@ impl LeakReport {
             leaked_sockets += 1;
             leaked_references += r.count as u64;
             let g = groups
-                .entry((r.prog_id, r.helper, r.stack_id))
+                .entry((r.prog_id, r.helper, r.stack_id, r.site))
                 .or_insert(Acc {
                     sockets: 0,
                     references: 0,
@@ -292,11 +316,13 @@ impl LeakReport {
         }
         let mut groups: Vec<LeakGroup> = groups
             .into_iter()
-            .map(|((prog_id, helper, stack_id), a)| LeakGroup {
+            .map(|((prog_id, helper, stack_id, site_addr), a)| LeakGroup {
                 prog_id,
                 prog_name: name(prog_id),
                 helper: helper.function(),
                 stack_id,
+                site_addr,
+                site: None,
                 stack: Vec::new(),
                 sockets: a.sockets,
                 references: a.references,
@@ -424,6 +450,7 @@ mod tests {
             prog_id: 12,
             prog_name: String::new(),
             reference: refs[3].clone(),
+            site: None,
         };
         let name = |id: u32| format!("prog{id}");
         let rep = LeakReport::build(&refs, vec![leak], now, 500 * ms, &name);

@@ -1,5 +1,6 @@
 //! The pure core: no I/O, fed with snapshots read from the BPF maps (or a
 //! recording) and unit-tested with recorded data.
+pub mod annotate;
 pub mod clock;
 pub mod hist;
 pub mod ids;

@@ -490,6 +490,8 @@ pub struct Drops {
     /// References a traced run took while its CPU's held stack was full:
     /// kept in the global ledger, not checked at the run's end.
     pub run_refs_full: u64,
+    /// `--sites`: calls and releases whose call site could not be read.
+    pub site_unknown: u64,
 }
 
 impl Drops {
@@ -498,7 +500,7 @@ impl Drops {
         format!(
             "{} unmatched exits, {} evicted entries, {} recursion misses, {} over 34 s, {} series \
              over --max-series, {} ledger full, {} events lost, {} runs not recorded, {} \
-             references past a CPU's held stack",
+             references past a CPU's held stack, {} calls without a site",
             self.unmatched_exits,
             self.evicted_entries,
             self.recursion_misses,
@@ -507,7 +509,8 @@ impl Drops {
             self.ledger_full,
             self.events_dropped,
             self.run_table_full,
-            self.run_refs_full
+            self.run_refs_full,
+            self.site_unknown
         )
     }
 
@@ -521,6 +524,7 @@ impl Drops {
             + self.events_dropped
             + self.run_table_full
             + self.run_refs_full
+            + self.site_unknown
     }
 }
 
@@ -632,6 +636,7 @@ impl IntervalStats {
             events_dropped: c.events_dropped,
             run_table_full: c.run_table_full,
             run_refs_full: c.run_refs_full,
+            site_unknown: c.site_unknown,
         };
         let acquired = rows.iter().map(|r| r.acquired).sum();
         IntervalStats {
@@ -674,10 +679,16 @@ fn site_of(labels: &dyn Labels, addr: u64) -> Site {
     })
 }
 
-/// Call sites with at least one cell, ascending, with the program slot
-/// their calls were charged to.
-fn sites_of(delta: &Snapshot) -> Vec<(u64, u32)> {
-    let mut v: Vec<(u64, u32)> = delta.cells.keys().map(|k| (k.site, k.prog)).collect();
+/// Call sites with at least one cell, ascending: (site, program slot),
+/// the slot 0 for every known site (its calls merge over slots: the site
+/// names its program, traced or not), the cell's slot for calls whose site
+/// is unknown (0).
+fn sites_of(delta: &Snapshot) -> Vec<(u64, Option<u32>)> {
+    let mut v: Vec<(u64, Option<u32>)> = delta
+        .cells
+        .keys()
+        .map(|k| (k.site, (k.site == 0).then_some(k.prog)))
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -694,19 +705,20 @@ fn site_rows(
     let mut rows = Vec::new();
     for (addr, slot) in sites_of(delta) {
         for &h in helpers {
-            let cells = delta.merged_where(h, |k| k.site == addr && k.prog == slot);
+            let cells =
+                delta.merged_where(h, |k| k.site == addr && slot.is_none_or(|s| s == k.prog));
             if cells.iter().all(|c| c.calls == 0) {
                 continue;
             }
             let site = site_of(labels, addr);
-            let prog = if site.prog_id != 0 {
-                ProgramRef {
-                    slot,
+            let prog = match slot {
+                _ if site.prog_id != 0 => ProgramRef {
+                    slot: slot.unwrap_or(UNATTRIBUTED),
                     id: site.prog_id,
                     name: site.prog_name.clone(),
-                }
-            } else {
-                labels.program(slot)
+                },
+                Some(s) => labels.program(s),
+                None => labels.program(UNATTRIBUTED),
             };
             let mut row =
                 HelperStats::from_cells(h, &cells, secs, Some(prog), None, &delta.counters);

@@ -700,6 +700,7 @@ pub fn dec_leaks(d: &mut Dec) -> DResult<Leaks> {
                 prog_id: d.u32("program id")?,
                 prog_name: d.str("program name")?,
                 reference: dec_ref(d)?,
+                site: None,
             })
         })
         .collect::<DResult<Vec<_>>>()?;

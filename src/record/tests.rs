@@ -191,6 +191,7 @@ pub fn leaks() -> Leaks {
             prog_id: 41,
             prog_name: "tc_ingress[41]".into(),
             reference: reference(1, 41),
+            site: None,
         }],
         ledger: Some(LedgerScan {
             now_ns: 3_000_000_000,

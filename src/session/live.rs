@@ -364,6 +364,37 @@ impl LiveSource {
             .collect()
     }
 
+    /// The code of the program `spec` names (its id, or its name), which
+    /// must call a traced function; needs `--sites`.
+    pub fn program_code(&mut self, spec: &str) -> Result<crate::model::sites::ProgCode> {
+        use crate::error::SkprofError;
+        let Some(table) = self.session.sites.as_mut() else {
+            return Err(SkprofError::Usage("program code needs --sites".into()).into());
+        };
+        let ids = match spec.parse::<u32>() {
+            Ok(id) => vec![id],
+            Err(_) => table.find_by_name(spec),
+        };
+        match ids.as_slice() {
+            [id] => table.code(*id).cloned().ok_or_else(|| {
+                SkprofError::Usage(format!(
+                    "no loaded BPF program {id} that calls a socket-lookup helper or bpf_sk_release"
+                ))
+                .into()
+            }),
+            [] => Err(SkprofError::Usage(format!(
+                "no loaded BPF program named {spec} calls a socket-lookup helper or bpf_sk_release"
+            ))
+            .into()),
+            many => Err(SkprofError::Usage(format!(
+                "{} programs are named {spec} (ids {}): give an id",
+                many.len(),
+                many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ))
+            .into()),
+        }
+    }
+
     /// `leaks --self-test`: one round of the workload's tc cases with the
     /// releases untraced. Returns the workload, whose sockets must outlive
     /// the report, its exact counts and the tuples of the lookups that took

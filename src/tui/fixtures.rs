@@ -283,6 +283,7 @@ pub fn batch(k: u64) -> Reading {
                 300_000_000,
                 now,
             ),
+            site: None,
         }]
     } else {
         Vec::new()

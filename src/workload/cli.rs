@@ -62,11 +62,22 @@ pub struct WorkloadArgs {
     /// took (an unmatched release in skprof's figures).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub sockhash: Option<u64>,
+    /// Also run the sites case N times per round: a tc program with four
+    /// lookup call sites (two in a subprogram, one on a branch) and two
+    /// release sites, each counting its own calls; `--json` gives each
+    /// site's counts by its `SITE:` marker in bpf/sites.bpf.c.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sites: Option<u64>,
     /// After set-up (programs loaded, sockets made) print "skprof workload:
     /// ready" on stderr and wait for SIGUSR1 before the first lookup, so a
     /// tracer started meanwhile traces the programs from their first run.
     #[arg(long)]
     pub start_on_sigusr1: bool,
+    /// After the last round, print the counts and keep the programs loaded
+    /// until Ctrl-C (SIGINT/SIGTERM), so a tracer still sees them: a
+    /// program that goes away takes its aggregates with it.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 impl WorkloadArgs {
@@ -104,6 +115,9 @@ pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
     let mut w = Workload::setup(&args.opts()).context("set up the workload")?;
     if let Some(n) = args.sockhash {
         w.enable_sockhash(n)?;
+    }
+    if let Some(n) = args.sites {
+        w.enable_sites(n)?;
     }
     if !args.json {
         let mut fams: Vec<&str> = w.families().iter().map(|&f| family_program(f)).collect();
@@ -153,7 +167,8 @@ pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
     let started = Instant::now();
     let tally = w.run(&stop)?;
     let elapsed = started.elapsed();
-    drop(w);
+    let sites = w.sites_counts();
+    let hold = args.hold.then_some(w);
 
     let has_tc = kernel_has_tc_variants();
     let by_helper = tally.by_helper(has_tc);
@@ -164,10 +179,19 @@ pub fn run_cli(args: &WorkloadArgs) -> Result<()> {
             "by_helper": by_helper,
             "has_tc_variants": has_tc,
             "elapsed_seconds": elapsed.as_secs_f64(),
+            "sites": sites.map(|s| s.by_marker()),
         });
         writeln!(out, "{v}").context("write to stdout")?;
     } else {
         write!(out, "{}", render_tables(&tally, &by_helper, elapsed)).context("write to stdout")?;
+    }
+    if let Some(w) = hold {
+        out.flush().context("flush stdout")?;
+        eprintln!("skprof workload: done, programs kept loaded until Ctrl-C (--hold)");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(w);
     }
     Ok(())
 }

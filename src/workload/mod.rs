@@ -28,6 +28,7 @@ mod cgroup;
 pub mod cli;
 mod fixture;
 pub mod packet;
+pub mod sites;
 pub mod sockhash;
 mod sys;
 
@@ -44,6 +45,7 @@ use bpf::{wl_config, wl_tuple, Counters, WorkloadSkel};
 use cases::{cases_for, Case, Expect};
 use cgroup::{Netns, WorkloadCgroup};
 use fixture::{Fixture, Tuple};
+use sites::{SitesCase, SitesCounters};
 use sockhash::SockhashCase;
 
 pub use crate::model::tally::{HelperTally, Tally};
@@ -137,6 +139,8 @@ pub struct Workload {
     _links: Vec<Link>,
     /// The opt-in sockhash case (its own object and sockets).
     sockhash: Option<SockhashCase>,
+    /// The opt-in sites case, and what its sites counted so far.
+    sites: Option<(SitesCase, SitesCounters)>,
     fixture: Fixture,
     /// Only when a cgroup program runs (generic, sock_addr).
     cgroup: Option<WorkloadCgroup>,
@@ -218,6 +222,7 @@ impl Workload {
         Ok(Workload {
             _links: links,
             sockhash: None,
+            sites: None,
             fixture,
             cgroup,
             netns,
@@ -243,6 +248,27 @@ impl Workload {
         inside.leave()?;
         self.sockhash = Some(case);
         Ok(())
+    }
+
+    /// Adds the sites case to every round: `per_round` runs of a tc
+    /// program with four lookup and two release call sites that count
+    /// their own calls (see [`sites`]).
+    pub fn enable_sites(&mut self, per_round: u64) -> Result<()> {
+        let inside = self.netns.enter()?;
+        let case = SitesCase::create(per_round).context("set up the sites case")?;
+        inside.leave()?;
+        self.sites = Some((case, SitesCounters::default()));
+        Ok(())
+    }
+
+    /// Runs per round of the sites case, if enabled.
+    pub fn sites_per_round(&self) -> Option<u64> {
+        self.sites.as_ref().map(|(c, _)| c.per_round)
+    }
+
+    /// What the sites case's call sites counted, if enabled.
+    pub fn sites_counts(&self) -> Option<SitesCounters> {
+        self.sites.as_ref().map(|(_, t)| *t)
     }
 
     /// Runs per round of the sockhash case, if enabled.
@@ -283,6 +309,7 @@ impl Workload {
             .sum::<u64>()
             * self.count
             + self.sockhash_per_round().unwrap_or(0)
+            + self.sites_counts_per_round()
     }
 
     /// The cgroup holding the cgroup programs' driver sockets (none when
@@ -411,9 +438,35 @@ impl Workload {
         }
         let complete = self
             .run_sockhash(ctl, &mut tally)
-            .context("tc sockhash case")?;
+            .context("tc sockhash case")?
+            && self.run_sites(ctl, &mut tally).context("tc sites case")?;
         inside.leave()?;
         Ok((tally, complete))
+    }
+
+    /// Lookups per round of the sites case: two or three a run.
+    fn sites_counts_per_round(&self) -> u64 {
+        self.sites_per_round().map_or(0, |n| 2 * n + n.div_ceil(3))
+    }
+
+    /// The sites case's runs of one round, if enabled, in checked chunks.
+    fn run_sites(&mut self, ctl: &mut Control<'_>, tally: &mut Tally) -> Result<bool> {
+        let Some((case, total)) = &mut self.sites else {
+            return Ok(true);
+        };
+        let mut left = case.per_round;
+        while left > 0 {
+            let n = left.min(ctl.chunk());
+            if !ctl.wait_turn() {
+                return Ok(false);
+            }
+            let d = case.run(n)?;
+            d.record(tally);
+            total.add(&d);
+            ctl.done += n;
+            left -= n;
+        }
+        Ok(true)
     }
 
     /// The sockhash case's runs of one round, if enabled, in checked chunks.

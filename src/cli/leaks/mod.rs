@@ -352,6 +352,7 @@ mod tests {
             prog_id: 42,
             prog_name: String::new(),
             reference: reference.clone(),
+            site: None,
         };
         let r = LeakReport::build(
             &[reference],

@@ -13,6 +13,7 @@ pkgs=(
   g++                                           # libFuzzer, built by cargo fuzz (scripts/fuzz)
   systemd                                       # systemd-analyze verify of packaging/*.service
   chromium fonts-dejavu-core                    # renders the HTML report in tests/report_figures.rs
+  jq                                            # reads cargo's JSON in scripts/run-tests
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -12,9 +12,27 @@ mod common;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
-fn bench(kernel: &str, extra: &[&str]) -> Value {
-    let short = ["--repeat", "1000", "--runs", "1"];
-    bench_in(&[], kernel, &[&short, extra].concat())
+/// `skprof bench --json` kept short, with `extra`, as a guest script (the
+/// arguments are plain words).
+fn bench_script(extra: &[&str]) -> String {
+    assert!(extra.iter().all(|a| a
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_,/".contains(c))));
+    format!(
+        "{SKPROF} bench --json --repeat 1000 --runs 1 {}",
+        extra.join(" ")
+    )
+}
+
+/// The bench's JSON from one script of a [`common::guest_batch`].
+fn bench_json(kernel: &str, run: &common::Scenario) -> Value {
+    assert_eq!(run.status, 0, "{kernel}: {}", run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{kernel}: no JSON: {}", run.stdout));
+    serde_json::from_str(line).expect("bench JSON")
 }
 
 /// `skprof bench --json ARGS` in a guest booted with `vm_flags`.
@@ -41,7 +59,40 @@ fn check(kernel: &str) {
     // One pass, one case and one run each keep it short in a loaded TCG
     // guest: loading and attaching the nine configurations is most of the
     // time. (How ratios spread over passes is unit-tested in src/cli/bench.rs.)
-    let v = bench(kernel, &["--passes", "1", "--cases", "tcp/established"]);
+    // The three benches run one after another in one guest (one boot).
+    let runs = common::guest_batch(
+        kernel,
+        1800,
+        &[
+            (
+                "every_config",
+                bench_script(&["--passes", "1", "--cases", "tcp/established"]),
+            ),
+            (
+                "none",
+                bench_script(&[
+                    "--passes",
+                    "1",
+                    "--configs",
+                    "none",
+                    "--cases",
+                    "tcp/listener",
+                ]),
+            ),
+            (
+                "two_passes",
+                bench_script(&[
+                    "--passes",
+                    "2",
+                    "--configs",
+                    "floor-prog,attribution",
+                    "--cases",
+                    "tcp/established",
+                ]),
+            ),
+        ],
+    );
+    let v = bench_json(kernel, &runs["every_config"]);
     let configs = [
         "none",
         "floor",
@@ -120,17 +171,7 @@ fn check(kernel: &str) {
     assert!(ms.iter().all(|m| m.get("cycles").is_none()));
 
     // `--configs none`: the workload alone, for timing an outside tracer.
-    let v = bench(
-        kernel,
-        &[
-            "--passes",
-            "1",
-            "--configs",
-            "none",
-            "--cases",
-            "tcp/listener",
-        ],
-    );
+    let v = bench_json(kernel, &runs["none"]);
     let ms = v["measurements"].as_array().unwrap();
     assert_eq!(ms.len(), 1, "{kernel}: {v}");
     assert_eq!(ms[0]["config"], "none");
@@ -138,17 +179,7 @@ fn check(kernel: &str) {
 
     // Two passes of the default against its floor: each pass attaches
     // afresh, and the spread between them and the median are reported.
-    let v = bench(
-        kernel,
-        &[
-            "--passes",
-            "2",
-            "--configs",
-            "floor-prog,attribution",
-            "--cases",
-            "tcp/established",
-        ],
-    );
+    let v = bench_json(kernel, &runs["two_passes"]);
     let ms = v["measurements"].as_array().unwrap();
     assert_eq!(
         ms.len(),

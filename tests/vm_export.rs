@@ -39,7 +39,10 @@ const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 /// Concurrent scrapes in the load test.
 const CONCURRENT: usize = 200;
 
-/// The load test measures latency: one VM of this file at a time.
+/// The load test's latencies are printed for the log (only a hang fails):
+/// under `cargo test`, one VM of this file at a time. (scripts/run-tests,
+/// CI's runner, runs each test in a process of its own, beside at most one
+/// other guest.)
 static ONE_VM: Mutex<()> = Mutex::new(());
 
 fn free_port() -> u16 {

@@ -3,7 +3,6 @@
 //! miss (`skprof leaks --self-test`) are reported exactly, with exit code 5.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -11,24 +10,23 @@ mod common;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
-fn in_vm(kernel: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(common::skprof_vm())
-        .args(["run", "--kernel", kernel, "--timeout", "400", "--", SKPROF])
-        .args(args)
-        .output()
-        .expect("run skprof-vm");
-    let status = out.status.code().unwrap_or(-1);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        status != 124 && status != 125,
-        "VM harness failed on {kernel}: {stderr}"
-    );
-    let lines = String::from_utf8_lossy(&out.stdout)
+/// `skprof ARGS` as a guest script (the arguments are plain words).
+fn skprof(args: &[&str]) -> String {
+    assert!(args.iter().all(|a| !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))));
+    format!("{SKPROF} {}", args.join(" "))
+}
+
+/// A script's exit status, JSON lines and stderr.
+fn parsed(run: &common::Scenario) -> (i32, Vec<Value>, String) {
+    let lines = run
+        .stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
         .collect();
-    (status, lines, stderr)
+    (run.status, lines, run.stderr.clone())
 }
 
 fn u(v: &Value) -> u64 {
@@ -37,23 +35,25 @@ fn u(v: &Value) -> u64 {
 
 /// 28 tc cases x 3000 lookups x 12 rounds = 1,008,000 lookups, every one
 /// released by the workload's programs.
-fn balanced(kernel: &str) {
-    let (status, lines, stderr) = in_vm(
-        kernel,
-        &[
-            "leaks",
-            "--json",
-            "--workload",
-            "--workload-family",
-            "tc",
-            "--workload-count",
-            "3000",
-            "--workload-rounds",
-            "12",
-            "--workload-rate",
-            "1000000000",
-        ],
-    );
+fn balanced_script() -> String {
+    skprof(&[
+        "leaks",
+        "--json",
+        "--workload",
+        "--workload-family",
+        "tc",
+        "--workload-count",
+        "3000",
+        "--workload-rounds",
+        "12",
+        "--workload-rate",
+        "1000000000",
+    ])
+}
+
+/// [`balanced_script`]'s run: nothing leaked, nothing left in the ledger.
+fn balanced(kernel: &str, run: &common::Scenario) {
+    let (status, lines, stderr) = parsed(run);
     assert_eq!(status, 0, "{kernel}: {stderr}");
     let expected = &lines
         .iter()
@@ -86,21 +86,23 @@ fn balanced(kernel: &str) {
     assert_eq!(u(&reports.last().unwrap()["outstanding_sockets"]), 0);
 }
 
-/// Releases untraced for one round: every reference the round took must be
-/// reported, per helper, with the workload's tuples, and exit code 5.
-fn injected(kernel: &str) {
-    let (status, lines, stderr) = in_vm(
-        kernel,
-        &[
-            "leaks",
-            "--json",
-            "--self-test",
-            "--stacks",
-            "--older-than",
-            "0",
-            "--exit-on-leak",
-        ],
-    );
+/// Releases untraced for one round (`leaks --self-test`).
+fn injected_script() -> String {
+    skprof(&[
+        "leaks",
+        "--json",
+        "--self-test",
+        "--stacks",
+        "--older-than",
+        "0",
+        "--exit-on-leak",
+    ])
+}
+
+/// [`injected_script`]'s run: every reference the round took is reported,
+/// per helper, with the workload's tuples, and exit code 5.
+fn injected(kernel: &str, run: &common::Scenario) {
+    let (status, lines, stderr) = parsed(run);
     assert_eq!(status, 5, "{kernel}: leak exit code: {stderr}");
     assert!(stderr.starts_with("skprof: error: leaks found"), "{stderr}");
     let expected = &lines
@@ -202,28 +204,53 @@ fn injected(kernel: &str) {
     }
 }
 
+/// Where a `leaks --trace` run of [`trace_agrees_scripts`] writes.
+fn trace_file(kernel: &str, what: &str) -> String {
+    format!(
+        "/tmp/skprof-trace-{}-{kernel}-{what}.jsonl",
+        std::process::id()
+    )
+}
+
+/// The two runs of [`trace_agrees`]: a balanced workload, the self-test.
+fn trace_agrees_scripts(kernel: &str) -> [String; 2] {
+    let balanced = skprof(&[
+        "leaks",
+        "--json",
+        "--trace",
+        &trace_file(kernel, "balanced"),
+        "--workload",
+        "--workload-count",
+        "2",
+        "--workload-rounds",
+        "1",
+        "--workload-copies",
+        "2",
+    ]);
+    let self_test = skprof(&[
+        "leaks",
+        "--json",
+        "--trace",
+        &trace_file(kernel, "self-test"),
+        "--ledger-size",
+        "3",
+        "--self-test",
+        "--self-test-count",
+        "2",
+        "--older-than",
+        "0",
+        "--exit-on-leak",
+    ]);
+    [balanced, self_test]
+}
+
 /// `skprof leaks --trace`: the kernel's ledger, replayed through the model,
 /// agrees with it step by step, for a balanced workload with two programs
 /// per helper (every family), and for the self-test with a ledger too small
 /// for its sockets (leaks and overflow). The counts are the workload's.
-fn trace_agrees(kernel: &str) {
-    let file = format!("/tmp/skprof-trace-{}-{kernel}.jsonl", std::process::id());
-    let (status, lines, stderr) = in_vm(
-        kernel,
-        &[
-            "leaks",
-            "--json",
-            "--trace",
-            &file,
-            "--workload",
-            "--workload-count",
-            "2",
-            "--workload-rounds",
-            "1",
-            "--workload-copies",
-            "2",
-        ],
-    );
+fn trace_agrees(kernel: &str, balanced: &common::Scenario, self_test: &common::Scenario) {
+    let file = trace_file(kernel, "balanced");
+    let (status, lines, stderr) = parsed(balanced);
     assert_eq!(status, 0, "{kernel}: {stderr}");
     let check = lines
         .iter()
@@ -255,24 +282,8 @@ fn trace_agrees(kernel: &str) {
         u(&t["events"])
     );
 
-    let (status, lines, stderr) = in_vm(
-        kernel,
-        &[
-            "leaks",
-            "--json",
-            "--trace",
-            &file,
-            "--ledger-size",
-            "3",
-            "--self-test",
-            "--self-test-count",
-            "2",
-            "--older-than",
-            "0",
-            "--exit-on-leak",
-        ],
-    );
-    let _ = std::fs::remove_file(&file);
+    let (status, lines, stderr) = parsed(self_test);
+    let _ = std::fs::remove_file(trace_file(kernel, "self-test"));
     assert_eq!(status, 5, "{kernel}: leaks found: {stderr}");
     let check = lines
         .iter()
@@ -308,32 +319,47 @@ fn trace_agrees(kernel: &str) {
     );
 }
 
-#[test]
-fn trace_agrees_6_1() {
-    trace_agrees("6.1");
+/// Every scenario in one guest of `kernel`, one after another (one boot
+/// for all), then each one's checks.
+fn ledger(kernel: &str) {
+    let [trace_balanced, trace_self_test] = trace_agrees_scripts(kernel);
+    let runs = common::guest_batch(
+        kernel,
+        1600,
+        &[
+            ("balanced_million", balanced_script()),
+            ("trace_balanced", trace_balanced),
+            ("trace_self_test", trace_self_test),
+            ("injected_imbalance", injected_script()),
+        ],
+    );
+    common::check_all(
+        &format!("vm_ledger {kernel}"),
+        vec![
+            (
+                "balanced_million",
+                Box::new(|| balanced(kernel, &runs["balanced_million"])),
+            ),
+            (
+                "trace_agrees",
+                Box::new(|| {
+                    trace_agrees(kernel, &runs["trace_balanced"], &runs["trace_self_test"])
+                }),
+            ),
+            (
+                "injected_imbalance",
+                Box::new(|| injected(kernel, &runs["injected_imbalance"])),
+            ),
+        ],
+    );
 }
 
 #[test]
-fn trace_agrees_6_12() {
-    trace_agrees("6.12");
+fn ledger_6_1() {
+    ledger("6.1");
 }
 
 #[test]
-fn balanced_million_6_1() {
-    balanced("6.1");
-}
-
-#[test]
-fn balanced_million_6_12() {
-    balanced("6.12");
-}
-
-#[test]
-fn injected_imbalance_6_1() {
-    injected("6.1");
-}
-
-#[test]
-fn injected_imbalance_6_12() {
-    injected("6.12");
+fn ledger_6_12() {
+    ledger("6.12");
 }

@@ -11,28 +11,8 @@ const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 /// Lookups per workload case.
 const N: u64 = 40;
 
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a shell script in a guest of the given kernel series.
-fn in_vm(kernel: &str, script: &str) -> Run {
-    let out = common::guest_sh(kernel, 400, script);
-    let run = Run {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        run.status != 124 && run.status != 125,
-        "VM harness failed on {kernel} (status {}): {}",
-        run.status,
-        run.stderr
-    );
-    run
-}
+/// One script's output in the guest.
+use common::Scenario as Run;
 
 fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
@@ -46,10 +26,9 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
-/// Runs a `skprof stat --json --cumulative --workload ...` script in the
-/// guest: its last interval, and the workload's own counts.
-fn stat_totals(kernel: &str, script: &str) -> (Value, Value) {
-    let run = in_vm(kernel, script);
+/// What a `skprof stat --json --cumulative --workload ...` script printed:
+/// its last interval, and the workload's own counts.
+fn stat_totals(kernel: &str, run: &Run) -> (Value, Value) {
     assert_eq!(
         run.status, 0,
         "skprof stat failed on {kernel}: {}",
@@ -70,18 +49,27 @@ fn stat_totals(kernel: &str, script: &str) -> (Value, Value) {
     (last, expected)
 }
 
-/// One workload round under `skprof stat --json --cumulative`; checks every
-/// figure against the workload's own counts. Latency sampling
-/// (`--latency-sample`, default auto) changes what is timed, never what is
-/// counted: fentry runs with the default and kprobe with every call timed.
-fn exact_counts(kernel: &str, mode: &str) {
-    let time_all = mode == "kprobe";
-    let script = format!(
+/// One workload round under `skprof stat --json --cumulative`. Latency
+/// sampling (`--latency-sample`, default auto) changes what is timed, never
+/// what is counted: fentry runs with the default and kprobe with every call
+/// timed.
+fn exact_counts_script(mode: &str) -> String {
+    format!(
         "{SKPROF} stat --json --cumulative --probe-mode {mode} --workload \
          --workload-rounds 1 --workload-count {N} --workload-rate 1000000 {} 120",
-        if time_all { "--latency-sample all" } else { "" }
-    );
-    let (last, expected) = stat_totals(kernel, &script);
+        if mode == "kprobe" {
+            "--latency-sample all"
+        } else {
+            ""
+        }
+    )
+}
+
+/// [`exact_counts_script`]'s run: every figure equals the workload's own
+/// counts.
+fn exact_counts(kernel: &str, mode: &str, run: &Run) {
+    let time_all = mode == "kprobe";
+    let (last, expected) = stat_totals(kernel, run);
     assert_eq!(last["probe_mode"], mode);
 
     let helpers = last["helpers"].as_array().expect("helpers");
@@ -178,12 +166,17 @@ fn exact_counts(kernel: &str, mode: &str) {
 }
 
 /// `stat --workload` whose COUNT ends before the workload (no rounds, no
-/// duration): the workload is stopped before the last reading and its
-/// traffic (cgroup_skb and XDP lookups run as packets arrive) drained, so
-/// the last interval and the workload's line agree on every helper.
-fn count_ends_before_the_workload(kernel: &str) {
-    let script = format!("{SKPROF} stat --json --cumulative --workload --workload-count 5 1 3");
-    let (last, expected) = stat_totals(kernel, &script);
+/// duration).
+fn count_ends_before_the_workload_script() -> String {
+    format!("{SKPROF} stat --json --cumulative --workload --workload-count 5 1 3")
+}
+
+/// [`count_ends_before_the_workload_script`]'s run: the workload is stopped
+/// before the last reading and its traffic (cgroup_skb and XDP lookups run
+/// as packets arrive) drained, so the last interval and the workload's line
+/// agree on every helper.
+fn count_ends_before_the_workload(kernel: &str, run: &Run) {
+    let (last, expected) = stat_totals(kernel, run);
     let exp_helpers = expected["helpers"].as_object().expect("expected.helpers");
     assert!(
         !exp_helpers.is_empty(),
@@ -209,18 +202,22 @@ fn count_ends_before_the_workload(kernel: &str) {
     assert_eq!(last["balance"]["verdict"], "balanced", "{kernel}: {last}");
 }
 
-/// `--by program` with two copies of the workload: every call is
-/// attributed to the program that made it, two programs per helper, by
-/// program tracing or (`flags`: kprobe mode, `--attribute-by stack`) by
-/// kernel stack. Every call timed, so that each program's hold times count
-/// every reference it took.
-fn attribution_exact(kernel: &str, flags: &str) {
-    let script = format!(
+/// `--by program` with two copies of the workload, attributed by program
+/// tracing or (`flags`: kprobe mode, `--attribute-by stack`) by kernel
+/// stack. Every call timed, so that each program's hold times count every
+/// reference it took.
+fn attribution_exact_script(flags: &str) -> String {
+    format!(
         "{SKPROF} stat --json --cumulative --by program --workload --workload-copies 2 \
          --workload-rounds 1 --workload-count {N} --workload-rate 1000000 --latency-sample all \
          {flags} 120"
-    );
-    let (last, expected) = stat_totals(kernel, &script);
+    )
+}
+
+/// [`attribution_exact_script`]'s run: every call is attributed to the
+/// program that made it, two programs per helper.
+fn attribution_exact(kernel: &str, run: &Run) {
+    let (last, expected) = stat_totals(kernel, run);
     assert_eq!(last["by"], "program");
     let rows = last["helpers"].as_array().unwrap();
     let exp_helpers = expected["helpers"].as_object().unwrap();
@@ -290,15 +287,19 @@ fn attribution_exact(kernel: &str, flags: &str) {
     assert_eq!(u(&last["drops"]["run_table_full"]), 0);
 }
 
-/// `--by interface`: every call is placed in the workload's one network
-/// namespace, on a device for the packet helpers and on none for sock_addr,
-/// and the places add up to the workload's exact counts.
-fn places_exact(kernel: &str) {
-    let script = format!(
+/// `--by interface` on one workload round.
+fn places_exact_script() -> String {
+    format!(
         "{SKPROF} stat --json --cumulative --by interface --workload \
          --workload-rounds 1 --workload-count {N} --workload-rate 1000000 120"
-    );
-    let (last, expected) = stat_totals(kernel, &script);
+    )
+}
+
+/// [`places_exact_script`]'s run: every call is placed in the workload's
+/// one network namespace, on a device for the packet helpers and on none
+/// for sock_addr, and the places add up to the workload's exact counts.
+fn places_exact(kernel: &str, run: &Run) {
+    let (last, expected) = stat_totals(kernel, run);
     assert_eq!(last["by"], "interface");
     let rows = last["helpers"].as_array().unwrap();
     let netns: Vec<u64> = rows.iter().map(|r| u(&r["place"]["netns"])).collect();
@@ -326,12 +327,12 @@ fn places_exact(kernel: &str) {
     }
 }
 
-/// skprof killed by each signal leaves nothing attached.
-fn signals_detach(kernel: &str) {
+/// skprof started and killed by each signal in turn.
+fn signals_detach_script(kernel: &str) -> String {
     // The guests share the host's /tmp, and their shells' PIDs are alike:
     // name the output file after this host process and the kernel.
     let out_file = format!("/tmp/skprof-sig-{}-{kernel}", std::process::id());
-    let script = format!(
+    format!(
         r#"set -u
 count() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe)_bpf_' ; }}
 links() {{ bpftool link show 2>/dev/null | grep -c '^[0-9]' ; }}
@@ -352,9 +353,13 @@ for sig in INT TERM KILL; do
 done
 rm -f {out_file}
 "#
-    );
-    let run = in_vm(kernel, &script);
-    assert_eq!(run.status, 0, "{}", run.stderr);
+    )
+}
+
+/// [`signals_detach_script`]'s run: the guest was clean before, and skprof
+/// killed by each signal leaves nothing attached.
+fn signals_detach(kernel: &str, run: &Run) {
+    assert_eq!(run.status, 0, "{kernel}: {}", run.stderr);
     let out = &run.stdout;
     assert!(out.contains("before 0 0"), "{kernel}: clean guest: {out}");
     for sig in ["INT", "TERM", "KILL"] {
@@ -377,9 +382,8 @@ rm -f {out_file}
 }
 
 /// `skprof check` in the guest: fentry works, all functions present.
-fn check_in_guest(kernel: &str) {
-    let run = in_vm(kernel, &format!("{SKPROF} check --json"));
-    assert_eq!(run.status, 0, "{}", run.stderr);
+fn check_in_guest(kernel: &str, run: &Run) {
+    assert_eq!(run.status, 0, "{kernel}: {}", run.stderr);
     let v: Value = serde_json::from_str(&run.stdout).expect("check --json");
     assert_eq!(v["mode"], "fentry");
     assert_eq!(v["fentry"]["ok"], true);
@@ -390,92 +394,67 @@ fn check_in_guest(kernel: &str) {
     }
 }
 
-#[test]
-fn fentry_exact_counts_6_1() {
-    exact_counts("6.1", "fentry");
+/// Every scenario above in one guest of `kernel`, one after another (one
+/// boot for all), then each one's checks. `check` and `signals_detach`
+/// first: the latter's "before" line sees a guest no skprof has run in.
+fn probes(kernel: &str) {
+    let attribution = [
+        ("attribution_exact", ""),
+        ("stack_attribution_kprobe", "--probe-mode kprobe"),
+        ("stack_attribution_fentry", "--attribute-by stack"),
+    ];
+    let mut scripts = vec![
+        ("check", format!("{SKPROF} check --json")),
+        ("signals_detach", signals_detach_script(kernel)),
+        ("fentry_exact_counts", exact_counts_script("fentry")),
+        ("kprobe_exact_counts", exact_counts_script("kprobe")),
+        (
+            "count_ends_before_the_workload",
+            count_ends_before_the_workload_script(),
+        ),
+    ];
+    scripts.extend(attribution.map(|(name, flags)| (name, attribution_exact_script(flags))));
+    scripts.push(("places_exact", places_exact_script()));
+    // Each script took at most a minute or two on a loaded host.
+    let runs = common::guest_batch(kernel, 1800, &scripts);
+    let mut checks: Vec<common::Check> = vec![
+        ("check", Box::new(|| check_in_guest(kernel, &runs["check"]))),
+        (
+            "signals_detach",
+            Box::new(|| signals_detach(kernel, &runs["signals_detach"])),
+        ),
+        (
+            "fentry_exact_counts",
+            Box::new(|| exact_counts(kernel, "fentry", &runs["fentry_exact_counts"])),
+        ),
+        (
+            "kprobe_exact_counts",
+            Box::new(|| exact_counts(kernel, "kprobe", &runs["kprobe_exact_counts"])),
+        ),
+        (
+            "count_ends_before_the_workload",
+            Box::new(|| {
+                count_ends_before_the_workload(kernel, &runs["count_ends_before_the_workload"])
+            }),
+        ),
+        (
+            "places_exact",
+            Box::new(|| places_exact(kernel, &runs["places_exact"])),
+        ),
+    ];
+    for (name, _) in attribution {
+        let run = &runs[name];
+        checks.push((name, Box::new(move || attribution_exact(kernel, run))));
+    }
+    common::check_all(&format!("vm_probes {kernel}"), checks);
 }
 
 #[test]
-fn fentry_exact_counts_6_12() {
-    exact_counts("6.12", "fentry");
+fn probes_6_1() {
+    probes("6.1");
 }
 
 #[test]
-fn kprobe_exact_counts_6_1() {
-    exact_counts("6.1", "kprobe");
-}
-
-#[test]
-fn kprobe_exact_counts_6_12() {
-    exact_counts("6.12", "kprobe");
-}
-
-#[test]
-fn count_ends_before_the_workload_6_1() {
-    count_ends_before_the_workload("6.1");
-}
-
-#[test]
-fn count_ends_before_the_workload_6_12() {
-    count_ends_before_the_workload("6.12");
-}
-
-#[test]
-fn signals_detach_6_1() {
-    signals_detach("6.1");
-}
-
-#[test]
-fn signals_detach_6_12() {
-    signals_detach("6.12");
-}
-
-#[test]
-fn check_6_1() {
-    check_in_guest("6.1");
-}
-
-#[test]
-fn check_6_12() {
-    check_in_guest("6.12");
-}
-
-#[test]
-fn attribution_exact_6_1() {
-    attribution_exact("6.1", "");
-}
-
-#[test]
-fn attribution_exact_6_12() {
-    attribution_exact("6.12", "");
-}
-
-#[test]
-fn stack_attribution_kprobe_6_1() {
-    attribution_exact("6.1", "--probe-mode kprobe");
-}
-
-#[test]
-fn stack_attribution_kprobe_6_12() {
-    attribution_exact("6.12", "--probe-mode kprobe");
-}
-
-#[test]
-fn stack_attribution_fentry_6_1() {
-    attribution_exact("6.1", "--attribute-by stack");
-}
-
-#[test]
-fn stack_attribution_fentry_6_12() {
-    attribution_exact("6.12", "--attribute-by stack");
-}
-
-#[test]
-fn places_exact_6_1() {
-    places_exact("6.1");
-}
-
-#[test]
-fn places_exact_6_12() {
-    places_exact("6.12");
+fn probes_6_12() {
+    probes("6.12");
 }

@@ -143,6 +143,30 @@ fn injected(kernel: &str, run: &common::Scenario) {
         }
     }
     assert_eq!(got, want, "{kernel}: leaked references per helper");
+    // The self-test records call sites: every group names the workload's
+    // source line that called its helper (bpf_tc_sk_lookup_tcp is the
+    // program's bpf_sk_lookup_tcp() call, and so on).
+    let called = |helper: &str| {
+        let h = helper.trim_start_matches("bpf_");
+        let h = ["tc_", "xdp_", "sock_addr_"]
+            .iter()
+            .fold(h, |h, p| h.strip_prefix(p).unwrap_or(h));
+        format!("bpf_{h}(")
+    };
+    for g in report["groups"].as_array().unwrap() {
+        let line = &g["site"]["line"];
+        assert!(
+            line["file"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("workload.bpf.c")
+                && line["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&called(g["helper"].as_str().unwrap())),
+            "{kernel}: a leak group without its lookup's line: {g}"
+        );
+    }
     // Exactly the sockets of the workload's acquiring cases.
     assert_eq!(got_tuples, want_tuples, "{kernel}: leaked tuples");
     assert_eq!(u(&report["leaked_references"]), want.values().sum::<u64>());
@@ -155,6 +179,18 @@ fn injected(kernel: &str, run: &common::Scenario) {
         "{kernel}: run leak events"
     );
     for l in run_leaks {
+        // (A run leak's helper is the reference's enum name.)
+        let text = l["site"]["line"]["text"].as_str().unwrap_or_default();
+        assert!(
+            [
+                "bpf_sk_lookup_tcp(",
+                "bpf_sk_lookup_udp(",
+                "bpf_skc_lookup_tcp("
+            ]
+            .iter()
+            .any(|c| text.contains(c)),
+            "{kernel}: a run leak without its lookup's line: {l}"
+        );
         assert!(
             l["prog_name"]
                 .as_str()

@@ -105,8 +105,14 @@ struct Outputs {
 impl Outputs {
     fn read(&self, name: &str) -> String {
         let p = self.dir.join(name);
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {}: {e}\nguest log:\n{}", self.kernel, p.display(), self.log))
+        std::fs::read_to_string(&p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {}: {e}\nguest log:\n{}",
+                self.kernel,
+                p.display(),
+                self.log
+            )
+        })
     }
 
     fn ok(&self, name: &str, stderr_file: &str) {
@@ -117,7 +123,13 @@ impl Outputs {
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|c| c.trim().parse().ok())
             .unwrap_or_else(|| panic!("{}: no status of {name}:\n{}", self.kernel, self.log));
-        assert_eq!(code, 0, "{}: {name} failed: {}", self.kernel, self.read(stderr_file));
+        assert_eq!(
+            code,
+            0,
+            "{}: {name} failed: {}",
+            self.kernel,
+            self.read(stderr_file)
+        );
     }
 }
 
@@ -127,7 +139,9 @@ fn marker_of<'a>(site: &Value, markers: &'a BTreeMap<u64, String>) -> Option<&'a
     if !file.ends_with("sites.bpf.c") {
         return None;
     }
-    markers.get(&site["line"]["line"].as_u64()?).map(String::as_str)
+    markers
+        .get(&site["line"]["line"].as_u64()?)
+        .map(String::as_str)
 }
 
 fn check_mode(out: &Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
@@ -182,7 +196,11 @@ fn check_mode(out: &Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
     }
     let releases = truth["releases"].as_object().expect("releases");
     for (name, n) in releases {
-        assert_eq!(rel.get(name).map(|r| r.0), Some(u(n)), "{k}/{mode}: release site {name}: {rel:?}");
+        assert_eq!(
+            rel.get(name).map(|r| r.0),
+            Some(u(n)),
+            "{k}/{mode}: release site {name}: {rel:?}"
+        );
     }
     let l = |name: &str, f: &str| u(&lookups[name][f]);
     // References are paired in both modes; a socket that holds none (UDP)
@@ -197,7 +215,12 @@ fn check_mode(out: &Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
         BTreeMap::from([("sub_skc".to_string(), l("sub_skc", "acquired"))]),
         "{k}/{mode}"
     );
-    assert_eq!(u(&last["drops"]["site_unknown"]), 0, "{k}/{mode}: {}", last["drops"]);
+    assert_eq!(
+        u(&last["drops"]["site_unknown"]),
+        0,
+        "{k}/{mode}: {}",
+        last["drops"]
+    );
     check_annotate(out, mode, markers, lookups);
 }
 
@@ -212,7 +235,9 @@ fn check_annotate(
     let k = &out.kernel;
     out.ok(&format!("annotate_{mode}"), &format!("annotate_{mode}.err"));
     let a = json_lines(&out.read(&format!("annotate_{mode}.json")));
-    let last = a.last().unwrap_or_else(|| panic!("{k}/{mode}: no annotate output"));
+    let last = a
+        .last()
+        .unwrap_or_else(|| panic!("{k}/{mode}: no annotate output"));
     assert_eq!(last["program"]["name"], "wl_sites", "{k}/{mode}");
     let lines = last["lines"].as_array().expect("lines");
     assert!(lines.len() > 20, "{k}/{mode}: the program's source: {last}");
@@ -221,11 +246,19 @@ fn check_annotate(
             panic!("{k}/{mode}: line {line} ({name}) not annotated")
         };
         assert!(
-            l["text"].as_str().unwrap_or_default().contains(&format!("SITE:{name}")),
+            l["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("SITE:{name}")),
             "{k}/{mode}: line {line}: {l}"
         );
         if let Some(t) = lookups.get(name) {
-            let calls: u64 = l["lookups"].as_array().expect("lookups").iter().map(|s| u(&s["calls"])).sum();
+            let calls: u64 = l["lookups"]
+                .as_array()
+                .expect("lookups")
+                .iter()
+                .map(|s| u(&s["calls"]))
+                .sum();
             assert_eq!(calls, u(&t["calls"]), "{k}/{mode}: annotate {name}: {l}");
         }
     }
@@ -233,7 +266,11 @@ fn check_annotate(
 
 fn sites_exact(kernel: &str) {
     let markers = markers();
-    assert_eq!(markers.len(), 6, "four lookup and two release markers: {markers:?}");
+    assert_eq!(
+        markers.len(),
+        6,
+        "four lookup and two release markers: {markers:?}"
+    );
     let dir = std::env::temp_dir().join(format!("skprof-vm-sites-{kernel}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = common::guest_sh(kernel, 600, &script(&dir));
@@ -246,7 +283,11 @@ fn sites_exact(kernel: &str) {
             String::from_utf8_lossy(&run.stderr)
         ),
     };
-    assert!(run.status.success(), "{kernel}: guest script failed:\n{}", out.log);
+    assert!(
+        run.status.success(),
+        "{kernel}: guest script failed:\n{}",
+        out.log
+    );
     for m in MODES {
         check_mode(&out, m, &markers);
     }

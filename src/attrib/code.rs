@@ -87,17 +87,20 @@ fn prog_code(info: &ProgramInfo, addrs: &HelperAddrs) -> ProgCode {
         _ => Vec::new(),
     };
     let insns = xlated::decode(&info.xlated_prog_insns);
+    // Indices count 8-byte slots, as line info's insn_off does; the second
+    // slot of a 64-bit immediate load is data, never a call.
     let mut calls = Vec::new();
-    let mut idx = 0u32;
-    for i in &insns {
+    let mut idx = 0;
+    while idx < insns.len() {
+        let i = insns[idx];
         if i.is_helper_call() {
             match addrs.resolve(i.imm) {
-                Some(CallTarget::Lookup(h)) => calls.push((idx, Callee::Lookup(h))),
-                Some(CallTarget::Release) => calls.push((idx, Callee::Release)),
+                Some(CallTarget::Lookup(h)) => calls.push((idx as u32, Callee::Lookup(h))),
+                Some(CallTarget::Release) => calls.push((idx as u32, Callee::Release)),
                 None => {}
             }
         }
-        idx += 1;
+        idx += if i.code == xlated::LD_IMM64 { 2 } else { 1 };
     }
     ProgCode {
         id: info.id,

@@ -115,7 +115,9 @@ impl Annotation {
         let mut without = Vec::new();
         let place = |site: &Site, lines: &mut Vec<Line>| -> Option<usize> {
             let l = site.line.as_ref()?;
-            lines.iter().position(|x| x.file == l.file && x.line == l.line)
+            lines
+                .iter()
+                .position(|x| x.file == l.file && x.line == l.line)
         };
 
         // Lookups: cells by (site, helper), merged over outcomes and slots.
@@ -137,7 +139,9 @@ impl Annotation {
                 .iter()
                 .filter(|(&(a, _), &k)| a == addr && k > 0)
                 .map(|(&(_, r), &k)| Pairing {
-                    site: sites.get(&r).map_or_else(|| format!("{r:#x}"), words::site_place),
+                    site: sites
+                        .get(&r)
+                        .map_or_else(|| format!("{r:#x}"), words::site_place),
                     insn: sites.get(&r).and_then(|s| s.insn),
                     releases: k,
                 })
@@ -292,7 +296,10 @@ mod tests {
         let l11 = &a.lines[1];
         assert_eq!(l11.line, 11);
         let s = &l11.lookups[0];
-        assert_eq!((s.calls, s.hits, s.acquired, s.outcomes.no_socket), (8, 6, 6, 2));
+        assert_eq!(
+            (s.calls, s.hits, s.acquired, s.outcomes.no_socket),
+            (8, 6, 6, 2)
+        );
         assert_eq!(s.released_at[0].site, "p.bpf.c:12");
         assert_eq!(s.released_at[0].releases, 5);
         assert_eq!(a.lines[2].releases[0].dropped, 5);

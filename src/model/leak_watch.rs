@@ -19,10 +19,10 @@ use super::ledger::{LeakGroup, LeakReport};
 use super::snapshot::Drops;
 
 /// (program id, helper function, stack id): what a group is.
-pub type GroupKey = (u32, &'static str, i32);
+pub type GroupKey = (u32, &'static str, i32, u64);
 
 pub fn group_key(g: &LeakGroup) -> GroupKey {
-    (g.prog_id, g.helper, g.stack_id)
+    (g.prog_id, g.helper, g.stack_id, g.site_addr)
 }
 
 /// What is remembered of a group between scans (no tuples or stacks: a
@@ -76,6 +76,8 @@ pub enum WatchEvent {
     RunLeaks {
         program: String,
         helper: &'static str,
+        /// `--sites`: where the leaked references were looked up.
+        site: Option<String>,
         count: u64,
     },
     /// More leak groups than `max_groups`: `untracked` groups of this scan
@@ -224,22 +226,25 @@ impl LeakWatch {
         self.untracked = untracked;
         // Identical run leaks (the same program, the same helper) once,
         // with a count, in the order first seen.
-        let mut runs: Vec<(String, &'static str, u64)> = Vec::new();
+        type Run = (String, &'static str, Option<String>, u64);
+        let mut runs: Vec<Run> = Vec::new();
         for l in &report.run_leaks {
             let helper = l.reference.helper.function();
+            let site = l.site.as_ref().map(super::words::site_source);
             match runs
                 .iter_mut()
-                .find(|(p, h, _)| *p == l.prog_name && *h == helper)
+                .find(|(p, h, s, _)| *p == l.prog_name && *h == helper && *s == site)
             {
-                Some(r) => r.2 += 1,
-                None => runs.push((l.prog_name.clone(), helper, 1)),
+                Some(r) => r.3 += 1,
+                None => runs.push((l.prog_name.clone(), helper, site, 1)),
             }
         }
-        for (program, helper, count) in runs {
+        for (program, helper, site, count) in runs {
             self.totals.run_leaks += count;
             events.push(WatchEvent::RunLeaks {
                 program,
                 helper,
+                site,
                 count,
             });
         }
@@ -368,6 +373,7 @@ mod tests {
                     program,
                     helper,
                     count,
+                    ..
                 } => format!("run {program} {helper} x{count}"),
                 WatchEvent::Overflow { untracked, .. } => format!("overflow {untracked}"),
             })

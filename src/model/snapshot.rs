@@ -718,7 +718,15 @@ fn site_rows(
                     name: site.prog_name.clone(),
                 },
                 Some(s) => labels.program(s),
-                None => labels.program(UNATTRIBUTED),
+                // A site no known program holds: the slot its calls were
+                // charged to.
+                None => labels.program(
+                    delta
+                        .cells
+                        .keys()
+                        .find(|k| k.site == addr && k.helper == h)
+                        .map_or(UNATTRIBUTED, |k| k.prog),
+                ),
             };
             let mut row =
                 HelperStats::from_cells(h, &cells, secs, Some(prog), None, &delta.counters);
@@ -857,6 +865,45 @@ mod tests {
             ifindex: 1,
             site: 0,
         }
+    }
+
+    #[test]
+    fn site_rows_sum_to_the_program_rows() {
+        let mut d = Snapshot::default();
+        let at = |prog, outcome, site| CellKey {
+            site,
+            ..key(prog, Helper::SkLookupTcp, outcome)
+        };
+        let est = [(SockClass::Established, 2)];
+        d.cells
+            .insert(at(1, Outcome::Hit, 0x10), cell(&[5, 6], &est, &est));
+        d.cells
+            .insert(at(1, Outcome::NoSocket, 0x10), cell(&[7], &[], &[]));
+        d.cells
+            .insert(at(1, Outcome::Hit, 0x20), cell(&[8, 9, 10], &est, &[]));
+        d.cells
+            .insert(at(2, Outcome::Hit, 0x30), cell(&[1], &est, &est));
+        let label = |slot: u32| ProgramRef {
+            slot,
+            id: slot + 100,
+            name: format!("p{slot}"),
+        };
+        let helpers = [Helper::SkLookupTcp];
+        let by_site = IntervalStats::compute(&d, 1.0, &helpers, Grouping::Site, &label);
+        let by_prog = IntervalStats::compute(&d, 1.0, &helpers, Grouping::Program, &label);
+        assert_eq!(by_site.helpers.len(), 3);
+        let sum =
+            |rows: &[HelperStats], f: fn(&HelperStats) -> u64| -> u64 { rows.iter().map(f).sum() };
+        for f in [
+            (|r: &HelperStats| r.calls) as fn(&HelperStats) -> u64,
+            |r| r.hits,
+            |r| r.acquired,
+            |r| r.timed,
+        ] {
+            assert_eq!(sum(&by_site.helpers, f), sum(&by_prog.helpers, f));
+        }
+        // Unresolved sites keep their slot's program.
+        assert_eq!(by_site.helpers[2].program.as_ref().unwrap().id, 102);
     }
 
     fn cell(values: &[u64], hits: &[(SockClass, u64)], acquired: &[(SockClass, u64)]) -> Cell {

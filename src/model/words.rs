@@ -56,6 +56,15 @@ pub fn site_place(s: &Site) -> String {
     }
 }
 
+/// Where a leak was looked up, as the leak faces say it: `file.c:LINE:
+/// text` (the line's source, trimmed), or the place alone.
+pub fn site_source(s: &Site) -> String {
+    match &s.line {
+        Some(l) if !l.text.trim().is_empty() => format!("{}: {}", site_place(s), l.text.trim()),
+        _ => site_place(s),
+    }
+}
+
 /// A call site with its program: `name[id] file.c:LINE`.
 pub fn site_label(s: &Site) -> String {
     if s.prog_id == 0 {

@@ -389,7 +389,10 @@ impl LiveSource {
             many => Err(SkprofError::Usage(format!(
                 "{} programs are named {spec} (ids {}): give an id",
                 many.len(),
-                many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .into()),
         }

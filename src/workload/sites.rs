@@ -67,8 +67,7 @@ impl SitesCounters {
         );
         let u = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"));
         let site = |i: usize| {
-            let base =
-                offset_of!(wl_sites_counters, lookup) + i * size_of::<wl_site_counts>();
+            let base = offset_of!(wl_sites_counters, lookup) + i * size_of::<wl_site_counts>();
             SiteCounts {
                 calls: u(base + offset_of!(wl_site_counts, calls)),
                 hits: u(base + offset_of!(wl_site_counts, hits)),
@@ -124,13 +123,21 @@ impl SitesCounters {
         };
         let want = SitesCounters {
             runs: n,
-            lookup: [c(n, n, n), c(udp, udp, 0), c(odd, odd, odd), c(n - odd, 0, 0)],
+            lookup: [
+                c(n, n, n),
+                c(udp, udp, 0),
+                c(odd, odd, odd),
+                c(n - odd, 0, 0),
+            ],
             released: [n + udp, odd],
         };
         if *self == want {
             return Ok(());
         }
-        bail!("expected {want:?} of runs {first}..{}, the program saw {self:?}", first + n)
+        bail!(
+            "expected {want:?} of runs {first}..{}, the program saw {self:?}",
+            first + n
+        )
     }
 
     /// Each site by its marker, for reports.
@@ -149,7 +156,8 @@ impl SitesCounters {
     /// The calls as the workload's tally counts them (a tc program's).
     pub fn record(&self, tally: &mut Tally) {
         let l = &self.lookup;
-        let mut hit = |proto, class, n| tally.record(Family::Tc, proto, Outcome::Hit, Some(class), n);
+        let mut hit =
+            |proto, class, n| tally.record(Family::Tc, proto, Outcome::Hit, Some(class), n);
         hit(Proto::Tcp, SockClass::Established, l[0].hits);
         hit(Proto::Udp, SockClass::Udp, l[1].hits);
         hit(Proto::SkcTcp, SockClass::Established, l[2].hits);
@@ -161,7 +169,8 @@ fn put_tuple(b: &mut [u8], at: usize, t: &Tuple) -> Result<()> {
     let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (t.src, t.dst) else {
         bail!("the sites case's tuples are IPv4");
     };
-    let mut put = |off: usize, bytes: &[u8]| b[at + off..at + off + bytes.len()].copy_from_slice(bytes);
+    let mut put =
+        |off: usize, bytes: &[u8]| b[at + off..at + off + bytes.len()].copy_from_slice(bytes);
     // Addresses and ports in network byte order, as bpf_sock_tuple has them.
     put(offset_of!(wl_tuple, saddr), &src.ip().octets());
     put(offset_of!(wl_tuple, daddr), &dst.ip().octets());
@@ -215,7 +224,8 @@ impl SitesCase {
         let (server, _) = listener.accept().context("accept for the sites case")?;
         wait_for_tcp_state(server.local_addr()?, server.peer_addr()?, TCP_ESTABLISHED)
             .context("wait for the sites case's connection")?;
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("bind the sites case's UDP socket")?;
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .context("bind the sites case's UDP socket")?;
         let udp_tuple = Tuple {
             src: SocketAddr::from((Ipv4Addr::LOCALHOST, 9)),
             dst: udp.local_addr()?,
@@ -308,7 +318,14 @@ mod tests {
         let bytes: Vec<u8> = (0..n as u64).flat_map(|i| i.to_ne_bytes()).collect();
         let c = SitesCounters::from_bytes(&bytes).unwrap();
         assert_eq!(c.runs, 0);
-        assert_eq!(c.lookup[0], SiteCounts { calls: 1, hits: 2, acquired: 3 });
+        assert_eq!(
+            c.lookup[0],
+            SiteCounts {
+                calls: 1,
+                hits: 2,
+                acquired: 3
+            }
+        );
         assert_eq!(c.lookup[3].acquired, 12);
         assert_eq!(c.released, [13, 14]);
         assert!(SitesCounters::from_bytes(&bytes[..8]).is_err());
@@ -317,7 +334,11 @@ mod tests {
     #[test]
     fn check_follows_the_run_numbers() {
         // Runs 1..=5: udp on 3; odd 1, 3, 5.
-        let c = |calls, hits, acquired| SiteCounts { calls, hits, acquired };
+        let c = |calls, hits, acquired| SiteCounts {
+            calls,
+            hits,
+            acquired,
+        };
         let d = SitesCounters {
             runs: 5,
             lookup: [c(5, 5, 5), c(1, 1, 0), c(3, 3, 3), c(2, 0, 0)],

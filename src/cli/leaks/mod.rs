@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::SkprofError;
 use crate::export::log::LogFormat;
 use crate::model::ledger::{state_name, LeakReport};
-use crate::model::words::Balance;
+use crate::model::words::{self, Balance};
 use crate::session::{self, LiveSource, Signals};
 
 mod trace;
@@ -125,6 +125,9 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64, balance: &Balance) -> Strin
             g.oldest_age_ms / 1000.0,
             g.states.join(", ")
         );
+        if let Some(site) = &g.site {
+            t += &format!("{:>24} looked up at {}\n", "", words::site_source(site));
+        }
         for tuple in &g.tuples {
             t += &format!("{:>24} {tuple}\n", "");
         }
@@ -137,7 +140,7 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64, balance: &Balance) -> Strin
     let mut seen: Vec<(String, u64)> = Vec::new();
     for l in &r.run_leaks {
         let x = &l.reference;
-        let line = format!(
+        let mut line = format!(
             "RUN LEAK: {} ended holding a reference from {} ({} {}, {})",
             l.prog_name,
             x.helper.function(),
@@ -145,6 +148,9 @@ pub fn format_report(r: &LeakReport, elapsed_s: f64, balance: &Balance) -> Strin
             state_name(x.state),
             x.tuple
         );
+        if let Some(site) = &l.site {
+            line += &format!(" looked up at {}", words::site_source(site));
+        }
         match seen.iter_mut().find(|(s, _)| *s == line) {
             Some((_, n)) => *n += 1,
             None => seen.push((line, 1)),
@@ -168,6 +174,8 @@ pub fn run(args: &LeaksArgs) -> Result<()> {
     let signals = Signals::install()?;
     let mut opts = args.session.options();
     opts.ledger_trace = args.trace.is_some();
+    // The self-test shows where each leaked reference was looked up.
+    opts.sites |= args.self_test;
     let mut live = LiveSource::start(&opts, Duration::from_secs_f64(args.interval))?;
     let info = live.info();
     // The baseline: its counters are where the trace's losses count from.

@@ -11,6 +11,7 @@ use crate::model::leak_watch::{DropWatch, LeakWatch, WatchEvent};
 use crate::model::ledger::{LeakGroup, LeakReport};
 use crate::model::reading::Reading;
 use crate::model::snapshot::{Grouping, IntervalStats};
+use crate::model::words;
 use crate::session::{LiveSource, Signals};
 
 /// Frames of a leak group's stack shown in a `--watch` log line.
@@ -314,16 +315,19 @@ fn log_events(
             WatchEvent::RunLeaks {
                 program,
                 helper,
+                site,
                 count,
-            } => log.log_values(
-                Level::Warn,
-                "run leak",
-                &[
+            } => {
+                let mut f = vec![
                     ("program", program.into()),
                     ("helper", helper.into()),
                     ("count", count.into()),
-                ],
-            ),
+                ];
+                if let Some(s) = site {
+                    f.push(("site", s.into()));
+                }
+                log.log_values(Level::Warn, "run leak", &f)
+            }
             WatchEvent::Overflow {
                 untracked,
                 max_groups,
@@ -361,6 +365,9 @@ fn group_fields(
         if g.stack_id >= 0 {
             f.push(("stack", stack_of(g.stack_id).into()));
         }
+    }
+    if let Some(s) = &g.site {
+        f.push(("site", words::site_source(s).into()));
     }
     if args.log_tuples {
         f.push(("tuples", g.tuples.clone().into()));

@@ -18,15 +18,12 @@ use std::process::Command;
 use serde_json::Value;
 
 mod common;
+use common::u;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
 fn tmp_base(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("skprof-leaks-watch-{}-{tag}", std::process::id()))
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
 /// Every line of a JSON log; a line that is not JSON fails.

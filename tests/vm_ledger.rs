@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 mod common;
+use common::u;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
@@ -20,35 +21,17 @@ fn skprof(args: &[&str]) -> String {
 
 /// A script's exit status, JSON lines and stderr.
 fn parsed(run: &common::Scenario) -> (i32, Vec<Value>, String) {
-    let lines = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
-        .collect();
-    (run.status, lines, run.stderr.clone())
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+    (
+        run.status,
+        common::json_lines(&run.stdout),
+        run.stderr.clone(),
+    )
 }
 
 /// 28 tc cases x 3000 lookups x 12 rounds = 1,008,000 lookups, every one
 /// released by the workload's programs.
 fn balanced_script() -> String {
-    skprof(&[
-        "leaks",
-        "--json",
-        "--workload",
-        "--workload-family",
-        "tc",
-        "--workload-count",
-        "3000",
-        "--workload-rounds",
-        "12",
-        "--workload-rate",
-        "1000000000",
-    ])
+    skprof(&"leaks --json --workload --workload-family tc --workload-count 3000 --workload-rounds 12 --workload-rate 1000000000".split(' ').collect::<Vec<_>>())
 }
 
 /// [`balanced_script`]'s run: nothing leaked, nothing left in the ledger.
@@ -88,15 +71,11 @@ fn balanced(kernel: &str, run: &common::Scenario) {
 
 /// Releases untraced for one round (`leaks --self-test`).
 fn injected_script() -> String {
-    skprof(&[
-        "leaks",
-        "--json",
-        "--self-test",
-        "--stacks",
-        "--older-than",
-        "0",
-        "--exit-on-leak",
-    ])
+    skprof(
+        &"leaks --json --self-test --stacks --older-than 0 --exit-on-leak"
+            .split(' ')
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// [`injected_script`]'s run: every reference the round took is reported,

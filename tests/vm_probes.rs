@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 mod common;
+use common::{json_lines, u};
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
@@ -13,18 +14,6 @@ const N: u64 = 40;
 
 /// One script's output in the guest.
 use common::Scenario as Run;
-
-fn json_lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
-}
 
 /// What a `skprof stat --json --cumulative --workload ...` script printed:
 /// its last interval, and the workload's own counts.

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod common;
+use common::u;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
@@ -43,10 +44,6 @@ fn report(path: &str) -> (Output, Value) {
     );
     let v = serde_json::from_slice(&o.stdout).expect("report --format json prints JSON");
     (o, v)
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
 /// Every helper row of the report against the workload's counts stored in

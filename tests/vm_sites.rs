@@ -13,27 +13,17 @@
 //! once they reported after it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 mod common;
+use common::{json_lines, u};
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 /// Runs of the sites case.
 const RUNS: u64 = 31;
 const MODES: [&str; 2] = ["fentry", "kprobe"];
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
 
 /// Source line of each `SITE:<name>` marker of bpf/sites.bpf.c.
 fn markers() -> BTreeMap<u64, String> {
@@ -56,17 +46,8 @@ fn script(dir: &Path) -> String {
 D={d}
 S={SKPROF}
 mkdir -p "$D"
-lines() {{ n=$(grep -c "$2" "$1" 2>/dev/null); echo "${{n:-0}}"; }}
-atleast() {{ [ "$(lines "$1" "$2")" -ge "$3" ]; }}
-waitfor() {{
-  what=$1; pid=$2; shift 2; i=0
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "DIED $what"; exit 91; fi
-    i=$((i+1)); if [ $i -gt 1800 ]; then echo "TIMEOUT $what"; exit 90; fi
-    sleep 0.1
-  done
-}}
-"#
+{}"#,
+        common::SH_WAITFOR
     );
     for m in MODES {
         s += &format!(
@@ -96,43 +77,6 @@ kill -INT $WL; wait $WL; echo "status workload_{m} $?"
     s
 }
 
-struct Outputs {
-    dir: PathBuf,
-    kernel: String,
-    log: String,
-}
-
-impl Outputs {
-    fn read(&self, name: &str) -> String {
-        let p = self.dir.join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| {
-            panic!(
-                "{}: {}: {e}\nguest log:\n{}",
-                self.kernel,
-                p.display(),
-                self.log
-            )
-        })
-    }
-
-    fn ok(&self, name: &str, stderr_file: &str) {
-        let prefix = format!("status {name} ");
-        let code: i32 = self
-            .log
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|c| c.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{}: no status of {name}:\n{}", self.kernel, self.log));
-        assert_eq!(
-            code,
-            0,
-            "{}: {name} failed: {}",
-            self.kernel,
-            self.read(stderr_file)
-        );
-    }
-}
-
 /// The marker of a JSON `site` object's line, if it is one of ours.
 fn marker_of<'a>(site: &Value, markers: &'a BTreeMap<u64, String>) -> Option<&'a str> {
     let file = site["line"]["file"].as_str()?;
@@ -144,7 +88,7 @@ fn marker_of<'a>(site: &Value, markers: &'a BTreeMap<u64, String>) -> Option<&'a
         .map(String::as_str)
 }
 
-fn check_mode(out: &Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
+fn check_mode(out: &common::Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
     let k = &out.kernel;
     out.ok(&format!("workload_{mode}"), &format!("workload_{mode}.err"));
     out.ok(&format!("stat_{mode}"), &format!("stat_{mode}.err"));
@@ -227,7 +171,7 @@ fn check_mode(out: &Outputs, mode: &str, markers: &BTreeMap<u64, String>) {
 /// `annotate --json`: every line of the program, the sites on the marker
 /// lines with the same counts.
 fn check_annotate(
-    out: &Outputs,
+    out: &common::Outputs,
     mode: &str,
     markers: &BTreeMap<u64, String>,
     lookups: &serde_json::Map<String, Value>,
@@ -274,7 +218,7 @@ fn sites_exact(kernel: &str) {
     let dir = std::env::temp_dir().join(format!("skprof-vm-sites-{kernel}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = common::guest_sh(kernel, 600, &script(&dir));
-    let out = Outputs {
+    let out = common::Outputs {
         dir: dir.clone(),
         kernel: kernel.to_string(),
         log: format!(

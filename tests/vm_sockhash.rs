@@ -12,16 +12,17 @@
 //! exporter once and makes the recording's Markdown report.
 //!
 //! The wording every face is getting for this balance ("balanced; N
-//! releases of references no traced lookup took", and a `balance` object in
-//! `stat --json`) is checked by `assert_balanced_wording` after the counts,
+//! releases of references no traced lookup took", a `balance` object in
+//! `stat --json`, the exporter's `skprof_release_balance_info` labels) is checked by `assert_balanced_wording` after the counts,
 //! so a count failure shows first and a wording failure lists every face's
 //! actual text.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 mod common;
+use common::{json_lines, u};
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 /// Runs of the sockhash case: each one unmatched release (and one matched
@@ -32,84 +33,18 @@ const TC_COUNT: u64 = 4;
 /// The exporter's default address, inside the guest.
 const METRICS: &str = "http://127.0.0.1:9435";
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
-
-/// The files one guest run leaves in its directory (the guest shares the
-/// host's `/tmp`).
-struct Outputs {
-    dir: PathBuf,
-    kernel: String,
-    /// The guest script's stdout: `status NAME CODE` lines.
-    log: String,
-}
-
-impl Outputs {
-    fn read(&self, name: &str) -> String {
-        let p = self.dir.join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| {
-            panic!(
-                "{}: {}: {e}\nguest log:\n{}",
-                self.kernel,
-                p.display(),
-                self.log
-            )
-        })
-    }
-
-    /// The exit code the script logged for `name`.
-    fn status(&self, name: &str) -> i32 {
-        let prefix = format!("status {name} ");
-        self.log
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|c| c.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{}: no status of {name}:\n{}", self.kernel, self.log))
-    }
-
-    /// An exit code that must be 0, with that process's stderr if not.
-    fn ok(&self, name: &str, stderr_file: &str) {
-        assert_eq!(
-            self.status(name),
-            0,
-            "{}: {name} failed: {}",
-            self.kernel,
-            self.read(stderr_file)
-        );
-    }
-}
-
 /// The guest script: the workload set up and waiting, every face attached,
 /// then the workload runs once; each face reports at least twice more
 /// before it is stopped, so its last report holds every call.
 fn script(dir: &Path) -> String {
     let d = dir.display();
+    let waitfor = common::SH_WAITFOR;
     format!(
         r#"set -u
 D={d}
 S={SKPROF}
 mkdir -p "$D"
-# Lines of FILE matching PATTERN (0 when none or no file).
-lines() {{ n=$(grep -c "$2" "$1" 2>/dev/null); echo "${{n:-0}}"; }}
-atleast() {{ [ "$(lines "$1" "$2")" -ge "$3" ]; }}
-# waitfor WHAT PID CMD...: until CMD succeeds (3 min at most), while PID lives.
-waitfor() {{
-  what=$1; pid=$2; shift 2; i=0
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "DIED $what"; exit 91; fi
-    i=$((i+1)); if [ $i -gt 1800 ]; then echo "TIMEOUT $what"; exit 90; fi
-    sleep 0.1
-  done
-}}
-
+{waitfor}
 $S workload --family tc --count {TC_COUNT} --rounds 1 --sockhash {SOCKHASH_RUNS} \
   --start-on-sigusr1 --json >"$D/workload.json" 2>"$D/workload.err" &
 WL=$!
@@ -165,7 +100,7 @@ echo done
     )
 }
 
-fn run_guest(kernel: &str) -> Outputs {
+fn run_guest(kernel: &str) -> common::Outputs {
     let dir = std::env::temp_dir().join(format!(
         "skprof-sockhash-{}-{}",
         std::process::id(),
@@ -184,7 +119,7 @@ fn run_guest(kernel: &str) -> Outputs {
         "guest script failed on {kernel}:\n{log}\n{stderr}"
     );
     assert!(log.contains("done"), "{kernel}: {log}");
-    Outputs {
+    common::Outputs {
         dir,
         kernel: kernel.to_string(),
         log,
@@ -200,7 +135,7 @@ struct Expected {
     helpers: serde_json::Map<String, Value>,
 }
 
-fn expected(o: &Outputs) -> Expected {
+fn expected(o: &common::Outputs) -> Expected {
     o.ok("workload", "workload.err");
     let lines = json_lines(&o.read("workload.json"));
     let w = lines
@@ -231,7 +166,7 @@ fn expected(o: &Outputs) -> Expected {
 }
 
 /// `stat --json --cumulative`: the last interval has every call.
-fn check_stat_json(o: &Outputs, e: &Expected) -> Value {
+fn check_stat_json(o: &common::Outputs, e: &Expected) -> Value {
     o.ok("stat_json", "stat_json.err");
     let lines = json_lines(&o.read("stat.json"));
     let last = lines
@@ -268,7 +203,7 @@ fn check_stat_json(o: &Outputs, e: &Expected) -> Value {
 }
 
 /// `stat --cumulative` (the table): its last release line has the counts.
-fn check_stat_text(o: &Outputs, e: &Expected) -> String {
+fn check_stat_text(o: &common::Outputs, e: &Expected) -> String {
     o.ok("stat_text", "stat_txt.err");
     let text = o.read("stat.txt");
     let line = text
@@ -290,7 +225,7 @@ fn check_stat_text(o: &Outputs, e: &Expected) -> String {
 }
 
 /// `leaks --json`: no leak, and the unmatched releases named.
-fn check_leaks(o: &Outputs, e: &Expected) -> String {
+fn check_leaks(o: &common::Outputs, e: &Expected) -> String {
     o.ok("leaks_json", "leaks_json.err");
     o.ok("leaks_text", "leaks_txt.err");
     let k = &o.kernel;
@@ -315,7 +250,7 @@ fn check_leaks(o: &Outputs, e: &Expected) -> String {
 
 /// The exposition scraped once after the workload: the release counters
 /// sum to the workload's counts.
-fn check_export(o: &Outputs, e: &Expected) {
+fn check_export(o: &common::Outputs, e: &Expected) {
     assert_eq!(o.status("curl"), 0, "{}: scrape", o.kernel);
     o.ok("export", "export.err");
     let text = o.read("metrics.txt");
@@ -353,7 +288,7 @@ fn check_export(o: &Outputs, e: &Expected) {
 }
 
 /// `record` stopped by SIGINT, then `report` (Markdown).
-fn check_report(o: &Outputs, e: &Expected) -> String {
+fn check_report(o: &common::Outputs, e: &Expected) -> String {
     o.ok("record", "record.err");
     o.ok("report", "report.err");
     let md = o.read("report.md");
@@ -382,9 +317,23 @@ fn assert_balanced_wording(
     stat_table: &str,
     leaks_text: &str,
     report_md: &str,
+    metrics: &str,
 ) {
     let want = balanced_text(e.unmatched);
     let mut wrong = Vec::new();
+    // The exporter says it as an info metric's labels.
+    let said = metrics.lines().any(|l| {
+        l.starts_with("skprof_release_balance_info{")
+            && l.contains("verdict=\"balanced\"")
+            && l.contains(&format!("text=\"{want}\""))
+    });
+    if !said {
+        let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("balance")).collect();
+        wrong.push(format!(
+            "the exporter lacks {want:?}; it says:\n{}",
+            lines.join("\n")
+        ));
+    }
     for (face, text) in [
         ("stat table", stat_table),
         ("leaks summary", leaks_text),
@@ -447,7 +396,8 @@ fn sockhash(kernel: &str) {
         .filter(|l| l["type"] == "interval")
         .collect();
     assert_eq!(intervals.last(), Some(&last));
-    assert_balanced_wording(kernel, &e, &intervals, &table, &leaks_text, &md);
+    let metrics = o.read("metrics.txt");
+    assert_balanced_wording(kernel, &e, &intervals, &table, &leaks_text, &md, &metrics);
     let _ = std::fs::remove_dir_all(&o.dir);
 }
 

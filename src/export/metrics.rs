@@ -172,6 +172,10 @@ pub struct Exporter {
     refused: BTreeSet<CellLabel>,
     /// Histogram overflows summed over readings (cells come and go).
     overflow_total: u64,
+    /// References acquired by programs that went away, since start (their
+    /// cells leave the readings): the balance's acquired is this plus the
+    /// live programs'.
+    acquired_of_freed: u64,
     prev: Option<Snapshot>,
     /// Run leaks per (program id, helper), since start.
     run_leaks: BTreeMap<(u32, Helper), u64>,
@@ -231,6 +235,14 @@ impl Exporter {
         self.readings += 1;
         let readings = self.readings;
         self.gone.retain(|g| g.until > readings);
+        self.acquired_of_freed += r
+            .reading
+            .snapshot
+            .cells
+            .iter()
+            .filter(|(k, _)| freed_slots.contains(&k.prog))
+            .flat_map(|(_, c)| c.acquired.iter())
+            .sum::<u64>();
         for &slot in freed_slots {
             let mut cells: BTreeMap<(Helper, Outcome), Cell> = BTreeMap::new();
             for (k, c) in &r.reading.snapshot.cells {
@@ -426,6 +438,31 @@ impl Exporter {
             "skprof_sk_release_noop",
             "bpf_sk_release calls on sockets that take no reference (listeners, UDP), by socket class",
             &c.release_noop,
+        );
+        // The balance since start in the words every face uses.
+        let balance = crate::model::words::Balance::of(
+            self.acquired_of_freed + r.reading.snapshot.acquired_total(),
+            c.released.iter().sum(),
+            c.release_unmatched.iter().sum(),
+        );
+        let mut balance_info = Family::new(
+            "skprof_release_balance",
+            "References acquired since start against the releases that dropped them, in words (verdict: balanced, held, released_earlier)",
+            None,
+            MetricType::Info,
+        );
+        balance_info.push(
+            vec![
+                (
+                    "verdict",
+                    serde_json::to_value(&balance.verdict)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                ),
+                ("text", balance.text.clone()),
+            ],
+            Value::Info,
         );
         let mut null = Family::new(
             "skprof_sk_release_null",
@@ -682,6 +719,7 @@ impl Exporter {
             unmatched,
             noop,
             null,
+            balance_info,
             out_fam,
             leak_fam,
             run_leak_fam,

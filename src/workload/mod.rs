@@ -27,6 +27,7 @@ pub mod cases;
 mod cgroup;
 pub mod cli;
 mod fixture;
+mod optin;
 pub mod packet;
 pub mod sites;
 pub mod sockhash;
@@ -454,19 +455,12 @@ impl Workload {
         let Some((case, total)) = &mut self.sites else {
             return Ok(true);
         };
-        let mut left = case.per_round;
-        while left > 0 {
-            let n = left.min(ctl.chunk());
-            if !ctl.wait_turn() {
-                return Ok(false);
-            }
+        ctl.chunks(case.per_round, |n| {
             let d = case.run(n)?;
             d.record(tally);
             total.add(&d);
-            ctl.done += n;
-            left -= n;
-        }
-        Ok(true)
+            Ok(())
+        })
     }
 
     /// The sockhash case's runs of one round, if enabled, in checked chunks.
@@ -474,12 +468,7 @@ impl Workload {
         let Some(case) = &self.sockhash else {
             return Ok(true);
         };
-        let mut left = case.per_round;
-        while left > 0 {
-            let n = left.min(ctl.chunk());
-            if !ctl.wait_turn() {
-                return Ok(false);
-            }
+        ctl.chunks(case.per_round, |n| {
             let d = case.run(n)?;
             // What the program saw (`run` checked it is n of each): its
             // lookups are a tc program's bpf_sk_lookup_tcp calls.
@@ -493,10 +482,8 @@ impl Workload {
                 );
                 tally.record_unmatched_release(c, d.map_hits[c.index()]);
             }
-            ctl.done += n;
-            left -= n;
-        }
-        Ok(true)
+            Ok(())
+        })
     }
 
     fn run_case(
@@ -553,35 +540,16 @@ impl Workload {
     /// Makes `family`'s program run `n` times.
     fn drive(&self, family: Family, case: &Case, tuple: &Tuple, n: u64) -> Result<()> {
         let frame = packet::craft(case.proto, tuple.src, tuple.dst);
-        let test_run = |prog: &libbpf_rs::ProgramMut<'static>,
-                        name: &str,
-                        repeat: u64,
-                        want: u32|
-         -> Result<()> {
-            let input = ProgramInput {
-                data_in: Some(&frame),
-                repeat: u32::try_from(repeat).context("chunk too large for one test run")?,
-                ..Default::default()
-            };
-            let out = prog
-                .test_run(input)
-                .with_context(|| format!("BPF_PROG_TEST_RUN {name} (repeat {repeat})"))?;
-            ensure!(
-                out.return_value == want,
-                "BPF_PROG_TEST_RUN {name}: returned {}, expected {want}",
-                out.return_value
-            );
-            Ok(())
-        };
+        let test_run = optin::test_run;
         match family {
-            Family::Tc => test_run(&self.skel.progs.wl_tc_lookup, "wl_tc_lookup", n, TC_ACT_OK),
+            Family::Tc => test_run(&self.skel.progs.wl_tc_lookup, &frame, n, TC_ACT_OK),
             Family::Xdp if n < XDP_MIN_REPEAT => {
                 for _ in 0..n {
-                    test_run(&self.skel.progs.wl_xdp_lookup, "wl_xdp_lookup", 1, XDP_PASS)?;
+                    test_run(&self.skel.progs.wl_xdp_lookup, &frame, 1, XDP_PASS)?;
                 }
                 Ok(())
             }
-            Family::Xdp => test_run(&self.skel.progs.wl_xdp_lookup, "wl_xdp_lookup", n, XDP_PASS),
+            Family::Xdp => test_run(&self.skel.progs.wl_xdp_lookup, &frame, n, XDP_PASS),
             Family::SockAddr | Family::Generic => {
                 let d = self
                     .fixture
@@ -751,6 +719,23 @@ impl<'a> Control<'a> {
 
     /// Waits until the next chunk is due at the target rate; false if the
     /// run must stop instead.
+    /// `total` runs in chunks of at most [`chunk`](Self::chunk), each when
+    /// its turn comes (`run` gets the chunk's size); false when stopped
+    /// before the end.
+    fn chunks(&mut self, total: u64, mut run: impl FnMut(u64) -> Result<()>) -> Result<bool> {
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(self.chunk());
+            if !self.wait_turn() {
+                return Ok(false);
+            }
+            run(n)?;
+            self.done += n;
+            left -= n;
+        }
+        Ok(true)
+    }
+
     fn wait_turn(&self) -> bool {
         loop {
             if self.stopped() {

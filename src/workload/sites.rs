@@ -13,16 +13,15 @@
 //! Its own BPF object, loaded only when asked for; config and counters in
 //! one-entry ARRAY maps read and written through map syscalls.
 
-use std::mem::{offset_of, size_of, MaybeUninit};
+use std::mem::{offset_of, size_of};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 use serde::Serialize;
 
-use super::fixture::{wait_for_tcp_state, Tuple, TCP_ESTABLISHED};
-use super::packet;
+use super::fixture::Tuple;
+use super::optin;
 use crate::model::ids::{Family, Outcome, Proto, SockClass};
 use crate::model::tally::Tally;
 
@@ -30,8 +29,6 @@ crate::bpf::skeleton!(mod skel = "sites.skel.rs");
 
 use skel::types::{wl_site_counts, wl_sites_config, wl_sites_counters, wl_tuple};
 use skel::SitesSkel;
-
-const TC_ACT_OK: u32 = 0;
 
 /// The lookup sites, in `enum wl_site` order, by the marker of their line
 /// (`SITE:<name>` in bpf/sites.bpf.c).
@@ -209,21 +206,12 @@ impl SitesCase {
     /// thread's).
     pub fn create(per_round: u64) -> Result<SitesCase> {
         ensure!(per_round >= 1, "sites runs per round must be at least 1");
-        // As bpf::load(): leaked object storage instead of unsafe code.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
         let skel = skel::SitesSkelBuilder::default()
-            .open(storage)
+            .open(optin::object_storage())
             .context("open the sites BPF object")?
             .load()
             .context("load the sites BPF object (verifier)")?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .context("bind the sites case's listener on 127.0.0.1")?;
-        let client =
-            TcpStream::connect(listener.local_addr()?).context("connect for the sites case")?;
-        let (server, _) = listener.accept().context("accept for the sites case")?;
-        wait_for_tcp_state(server.local_addr()?, server.peer_addr()?, TCP_ESTABLISHED)
-            .context("wait for the sites case's connection")?;
+        let (listener, client, server) = optin::connection("sites")?;
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .context("bind the sites case's UDP socket")?;
         let udp_tuple = Tuple {
@@ -255,52 +243,19 @@ impl SitesCase {
 
     /// The program's running totals.
     pub fn counters(&self) -> Result<SitesCounters> {
-        let v = self
-            .skel
-            .maps
-            .wl_sites_results
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("read wl_sites_results")?
-            .context("wl_sites_results has no entry 0")?;
-        SitesCounters::from_bytes(&v)
-    }
-
-    fn set_armed(&self, armed: bool) -> Result<()> {
-        self.skel
-            .maps
-            .wl_sites_cfg
-            .update(
-                &0u32.to_ne_bytes(),
-                &config_bytes(armed, &self.tcp, &self.udp, &self.none)?,
-                MapFlags::ANY,
-            )
-            .context("write wl_sites_cfg")
+        SitesCounters::from_bytes(&optin::entry0(&self.skel.maps.wl_sites_results)?)
     }
 
     /// Runs the program `n` times in one BPF_PROG_TEST_RUN and checks that
     /// every site saw what the case intends; returns the counters' change.
     pub fn run(&self, n: u64) -> Result<SitesCounters> {
         let before = self.counters()?;
-        self.set_armed(true)?;
-        let frame = packet::craft(Proto::Tcp, self.tcp.src, self.tcp.dst);
-        let input = ProgramInput {
-            data_in: Some(&frame),
-            repeat: u32::try_from(n).context("too many runs for one test run")?,
-            ..Default::default()
-        };
-        let out = self
-            .skel
-            .progs
-            .wl_sites
-            .test_run(input)
-            .with_context(|| format!("BPF_PROG_TEST_RUN wl_sites (repeat {n})"));
-        self.set_armed(false)?;
-        let out = out?;
-        ensure!(
-            out.return_value == TC_ACT_OK,
-            "BPF_PROG_TEST_RUN wl_sites: returned {}, expected {TC_ACT_OK}",
-            out.return_value
-        );
+        optin::armed_run(&self.skel.progs.wl_sites, &self.tcp, n, |armed| {
+            optin::set_entry0(
+                &self.skel.maps.wl_sites_cfg,
+                &config_bytes(armed, &self.tcp, &self.udp, &self.none)?,
+            )
+        })?;
         let delta = self.counters()?.since(&before);
         delta.check(before.runs, n)?;
         Ok(delta)

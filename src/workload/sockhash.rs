@@ -15,24 +15,23 @@
 //! and counters live in one-entry ARRAY maps read and written through map
 //! syscalls: no mmap, no unsafe code.
 
-use std::mem::{offset_of, size_of, MaybeUninit};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::mem::{offset_of, size_of};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
+use libbpf_rs::{MapCore, MapFlags};
 
-use super::fixture::{wait_for_tcp_state, Tuple, TCP_ESTABLISHED};
-use super::packet;
-use crate::model::ids::{Proto, SockClass};
+use super::fixture::Tuple;
+use super::optin;
+use crate::model::ids::SockClass;
 
 crate::bpf::skeleton!(mod skel = "sockhash.skel.rs");
 
 use skel::types::{wl_sockhash_config, wl_sockhash_counters, wl_tuple};
 use skel::SockhashSkel;
 
-const TC_ACT_OK: u32 = 0;
 /// The SOCKHASH key of the socket the program takes out.
 const SOCKHASH_KEY: u32 = 0;
 
@@ -152,24 +151,13 @@ impl SockhashCase {
     /// (the test runs look up in the calling thread's netns).
     pub fn create(per_round: u64) -> Result<SockhashCase> {
         ensure!(per_round >= 1, "sockhash runs per round must be at least 1");
-        // As bpf::load(): the skeleton borrows its object storage for its
-        // whole life; leaked (a few dozen bytes) rather than made
-        // self-referential with unsafe code.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
         let skel = skel::SockhashSkelBuilder::default()
-            .open(storage)
+            .open(optin::object_storage())
             .context("open the sockhash BPF object")?
             .load()
             .context("load the sockhash BPF object (verifier)")?;
 
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .context("bind the sockhash case's listener on 127.0.0.1")?;
-        let client =
-            TcpStream::connect(listener.local_addr()?).context("connect for the sockhash case")?;
-        let (server, _) = listener.accept().context("accept for the sockhash case")?;
-        wait_for_tcp_state(server.local_addr()?, server.peer_addr()?, TCP_ESTABLISHED)
-            .context("wait for the sockhash case's connection")?;
+        let (listener, client, server) = optin::connection("sockhash")?;
         // sock_map_update_elem_sys() takes the fd as a u64 when the value
         // is 8 bytes.
         let fd = u64::try_from(client.as_raw_fd()).context("socket fd")?;
@@ -197,52 +185,24 @@ impl SockhashCase {
 
     /// The program's running totals.
     pub fn counters(&self) -> Result<SockhashCounters> {
-        let v = self
-            .skel
-            .maps
-            .wl_sockhash_results
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("read wl_sockhash_results")?
-            .context("wl_sockhash_results has no entry 0")?;
-        SockhashCounters::from_bytes(&v)
-    }
-
-    fn set_armed(&self, armed: bool) -> Result<()> {
-        self.skel
-            .maps
-            .wl_sockhash_cfg
-            .update(
-                &0u32.to_ne_bytes(),
-                &config_bytes(armed, &self.tuple)?,
-                MapFlags::ANY,
-            )
-            .context("write wl_sockhash_cfg")
+        SockhashCounters::from_bytes(&optin::entry0(&self.skel.maps.wl_sockhash_results)?)
     }
 
     /// Runs the program `n` times in one BPF_PROG_TEST_RUN and checks that
     /// each run did the case; returns the counters' change.
     pub fn run(&self, n: u64) -> Result<SockhashCounters> {
         let before = self.counters()?;
-        self.set_armed(true)?;
-        let frame = packet::craft(Proto::Tcp, self.tuple.src, self.tuple.dst);
-        let input = ProgramInput {
-            data_in: Some(&frame),
-            repeat: u32::try_from(n).context("too many runs for one test run")?,
-            ..Default::default()
-        };
-        let out = self
-            .skel
-            .progs
-            .wl_sockhash_release
-            .test_run(input)
-            .with_context(|| format!("BPF_PROG_TEST_RUN wl_sockhash_release (repeat {n})"));
-        self.set_armed(false)?;
-        let out = out?;
-        ensure!(
-            out.return_value == TC_ACT_OK,
-            "BPF_PROG_TEST_RUN wl_sockhash_release: returned {}, expected {TC_ACT_OK}",
-            out.return_value
-        );
+        optin::armed_run(
+            &self.skel.progs.wl_sockhash_release,
+            &self.tuple,
+            n,
+            |armed| {
+                optin::set_entry0(
+                    &self.skel.maps.wl_sockhash_cfg,
+                    &config_bytes(armed, &self.tuple)?,
+                )
+            },
+        )?;
         let delta = self.counters()?.since(&before);
         delta.check(n)?;
         Ok(delta)

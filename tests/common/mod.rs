@@ -172,3 +172,78 @@ pub fn check_all(what: &str, checks: Vec<Check<'_>>) {
         .collect();
     assert!(failed.is_empty(), "{what}: failed: {}", failed.join(", "));
 }
+
+/// The files one guest run leaves in its directory (the guest shares the
+/// host's `/tmp`).
+pub struct Outputs {
+    pub dir: PathBuf,
+    pub kernel: String,
+    /// The guest script's stdout: `status NAME CODE` lines.
+    pub log: String,
+}
+
+impl Outputs {
+    pub fn read(&self, name: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {}: {e}\nguest log:\n{}",
+                self.kernel,
+                p.display(),
+                self.log
+            )
+        })
+    }
+
+    /// The exit code the script logged for `name`.
+    pub fn status(&self, name: &str) -> i32 {
+        let prefix = format!("status {name} ");
+        self.log
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no status of {name}:\n{}", self.kernel, self.log))
+    }
+
+    /// An exit code that must be 0, with that process's stderr if not.
+    pub fn ok(&self, name: &str, stderr_file: &str) {
+        assert_eq!(
+            self.status(name),
+            0,
+            "{}: {name} failed: {}",
+            self.kernel,
+            self.read(stderr_file)
+        );
+    }
+}
+
+/// A JSON count (panics with the value when it is not one).
+pub fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// The JSON objects among the lines of `text` (a command's `--json`
+/// output).
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+/// Shell functions for guest scripts that wait on files and processes:
+/// `lines FILE PATTERN` (matching lines, 0 when none or no file),
+/// `atleast FILE PATTERN N`, and `waitfor WHAT PID CMD...` (until CMD
+/// succeeds, 3 min at most, while PID lives; exits 91 if it died, 90 on
+/// time-out).
+pub const SH_WAITFOR: &str = r#"lines() { n=$(grep -c "$2" "$1" 2>/dev/null); echo "${n:-0}"; }
+atleast() { [ "$(lines "$1" "$2")" -ge "$3" ]; }
+waitfor() {
+  what=$1; pid=$2; shift 2; i=0
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then echo "DIED $what"; exit 91; fi
+    i=$((i+1)); if [ $i -gt 1800 ]; then echo "TIMEOUT $what"; exit 90; fi
+    sleep 0.1
+  done
+}
+"#;

@@ -1090,14 +1090,7 @@ mod tests {
         for k in ["hit", "no_socket", "bad_len", "bad_netns", "bad_flags"] {
             assert!(row["outcomes"][k].is_number(), "outcomes.{k}");
         }
-        for k in [
-            "listener",
-            "established",
-            "time_wait",
-            "request",
-            "udp",
-            "other",
-        ] {
+        for k in "listener established time_wait request udp other".split(' ') {
             assert!(row["hits_by_class"][k].is_number(), "hits_by_class.{k}");
         }
         for k in ["calls", "dropped", "noop", "null", "unmatched"] {

@@ -128,7 +128,7 @@ static __always_inline int find_run(struct skprof_runs *rs, __u64 ctx, __u32 slo
  */
 static __always_inline void held_put(struct skprof_runs *rs, __u32 n, struct skprof_run *run,
 				     __u64 sk, __u64 acquired_ns, __u32 helper, __u32 cls,
-				     bool refcounted, __s32 stack_id, __u64 site)
+				     bool refcounted, __s32 stack_id)
 {
 	struct skprof_held *e = &rs->held[n & (SKPROF_HELD - 1)];
 
@@ -139,7 +139,6 @@ static __always_inline void held_put(struct skprof_runs *rs, __u32 n, struct skp
 		  (__u64)(refcounted ? SKPROF_RF_REFCOUNTED : 0) << 24 |
 		  (__u64)(__u32)stack_id << 32;
 	e->prog_slot = run->prog_slot;
-	e->site = site;
 	rs->nr_held = n + 1;
 }
 
@@ -153,7 +152,11 @@ static __always_inline bool held_push(struct skprof_runs *rs, int k, __u64 sk, _
 	if (n >= SKPROF_HELD)
 		return false;
 	held_put(rs, n, &rs->r[k & (SKPROF_RUN_SLOTS - 1)], sk, acquired_ns, helper, cls,
-		 refcounted, stack_id, site);
+		 refcounted, stack_id);
+	/* Only here, not in held_put: fexit_fast never runs with sites on,
+	 * so without sites every entry's site stays 0 (the map starts
+	 * zeroed) and the fast path has no store for it. */
+	rs->held[n & (SKPROF_HELD - 1)].site = site;
 	return true;
 }
 

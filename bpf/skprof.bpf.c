@@ -670,7 +670,7 @@ static __always_inline bool fexit_fast(__u64 *ctx, __u32 helper, __u64 ret)
 	read_sock(ret, helper_proto(helper), &v);
 	count_in(n, SKPROF_O_HIT, ret, v.cls, v.refcounted);
 	if (ledger && r)
-		held_put(rs, held, r, ret, 0, helper, v.cls, v.refcounted, -1, 0);
+		held_put(rs, held, r, ret, 0, helper, v.cls, v.refcounted, -1);
 	return true;
 }
 

@@ -158,16 +158,24 @@ fn injected(kernel: &str, run: &common::Scenario) {
         "{kernel}: run leak events"
     );
     for l in run_leaks {
-        // (A run leak's helper is the reference's enum name.)
-        let text = l["site"]["line"]["text"].as_str().unwrap_or_default();
+        // A run leak's helper is the reference's enum name: TcSkLookupTcp
+        // is the function bpf_tc_sk_lookup_tcp.
+        let helper = l["helper"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .fold(String::from("bpf"), |mut s, c| {
+                if c.is_ascii_uppercase() {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+                s
+            });
         assert!(
-            [
-                "bpf_sk_lookup_tcp(",
-                "bpf_sk_lookup_udp(",
-                "bpf_skc_lookup_tcp("
-            ]
-            .iter()
-            .any(|c| text.contains(c)),
+            l["site"]["line"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&called(&helper)),
             "{kernel}: a run leak without its lookup's line: {l}"
         );
         assert!(

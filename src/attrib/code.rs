@@ -119,9 +119,10 @@ fn funcs_first_name(funcs: &[JitFunc], info: &ProgramInfo) -> String {
         .unwrap_or_else(|| info.name.to_string_lossy().into_owned())
 }
 
-/// The code of every loaded program that `keep` selects, among those that
-/// call a traced function.
-fn load_code(addrs: &HelperAddrs, keep: impl Fn(&ProgramInfo) -> bool) -> Vec<ProgCode> {
+/// The code of every loaded program that `keep` selects (asked of every
+/// program but skprof's own tracing ones), among those that call a traced
+/// function.
+fn load_code(addrs: &HelperAddrs, mut keep: impl FnMut(&ProgramInfo) -> bool) -> Vec<ProgCode> {
     let opts = ProgInfoQueryOptions::default()
         .include_xlated_prog_insns(true)
         .include_jited_prog_insns(true)
@@ -132,8 +133,8 @@ fn load_code(addrs: &HelperAddrs, keep: impl Fn(&ProgramInfo) -> bool) -> Vec<Pr
         .include_jited_func_lens(true);
     ProgInfoIter::with_query_opts(opts)
         .filter(|info| info.ty != ProgramType::Tracing)
-        .filter(|info| !xlated::scan(&info.xlated_prog_insns, addrs).is_empty())
         .filter(|info| keep(info))
+        .filter(|info| !xlated::scan(&info.xlated_prog_insns, addrs).is_empty())
         .map(|info| prog_code(&info, addrs))
         .collect()
 }
@@ -234,23 +235,24 @@ impl SiteTable {
         if !new {
             return;
         }
-        let opts = ProgInfoQueryOptions::default().include_xlated_prog_insns(true);
-        let mut calling = Vec::new();
-        for i in ProgInfoIter::with_query_opts(opts) {
-            if i.ty == ProgramType::Tracing || self.code.contains_key(&i.id) {
-                continue;
+        // The code of the new ones that call a traced function; the others
+        // are not looked at again.
+        let (code, skip) = (&self.code, &self.skip);
+        let mut seen = Vec::new();
+        let found = load_code(&self.addrs, |i| {
+            let new = !code.contains_key(&i.id) && !skip.contains(&i.id);
+            if new {
+                seen.push(i.id);
             }
-            if xlated::scan(&i.xlated_prog_insns, &self.addrs).is_empty() {
-                self.skip.insert(i.id);
-            } else {
-                calling.push(i.id);
-            }
-        }
-        if calling.is_empty() {
-            return;
-        }
-        for c in load_code(&self.addrs, |i| calling.contains(&i.id)) {
+            new
+        });
+        for c in found {
             self.code.insert(c.id, c);
+        }
+        for id in seen {
+            if !self.code.contains_key(&id) {
+                self.skip.insert(id);
+            }
         }
     }
 
@@ -284,7 +286,7 @@ impl SiteTable {
     }
 
     /// Programs calling the traced functions whose name is `name` (the
-    /// kernel's, or the main function's BTF name).
+    /// main function's BTF name, else the kernel's).
     pub fn find_by_name(&mut self, name: &str) -> Vec<u32> {
         let known: Vec<u32> = self.code.keys().copied().collect();
         for c in load_code(&self.addrs, |i| !known.contains(&i.id)) {
@@ -292,7 +294,7 @@ impl SiteTable {
         }
         self.code
             .values()
-            .filter(|c| c.name == name || c.name.starts_with(name) && name.len() >= 15)
+            .filter(|c| c.name == name)
             .map(|c| c.id)
             .collect()
     }

@@ -105,7 +105,7 @@ pub fn render(a: &Annotation) -> String {
 }
 
 fn us(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1000.0)
+    super::stat::fmt_lat(ns, super::stat::Units::Us)
 }
 
 fn sites_of(l: &Line) -> String {

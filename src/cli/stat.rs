@@ -133,7 +133,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
     super::print_workload(&mut live, args.json)
 }
 
-fn fmt_lat(ns: u64, units: Units) -> String {
+pub(super) fn fmt_lat(ns: u64, units: Units) -> String {
     match units {
         Units::Ns => ns.to_string(),
         Units::Us => format!("{:.2}", ns as f64 / 1000.0),

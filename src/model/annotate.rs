@@ -12,7 +12,7 @@ use super::hist::{LogHist, Percentiles};
 use super::ids::{Helper, Outcome};
 use super::ledger::LedgerScan;
 use super::sites::{ProgCode, Site};
-use super::snapshot::{ByOutcome, Cell, ProgramRef, Snapshot};
+use super::snapshot::{pct, ByOutcome, Cell, ProgramRef, Snapshot};
 use super::words;
 
 /// A lookup site on a line.
@@ -78,14 +78,6 @@ pub struct Annotation {
     pub sites_without_line: Vec<String>,
 }
 
-fn pct(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        100.0 * a as f64 / b as f64
-    }
-}
-
 impl Annotation {
     /// The annotation of `code` from what `delta` counted; `sites` are the
     /// resolved call sites, `ledger` the references outstanding now.
@@ -133,7 +125,6 @@ impl Annotation {
             for c in &cells {
                 all.merge(c);
             }
-            let n = |o: Outcome| cells[o.index()].calls;
             let mut released_at: Vec<Pairing> = delta
                 .site_pairs
                 .iter()
@@ -159,15 +150,9 @@ impl Annotation {
                 helper: helper.function(),
                 insn: site.insn,
                 calls: all.calls,
-                hits: n(Outcome::Hit),
-                hit_pct: pct(n(Outcome::Hit), all.calls),
-                outcomes: ByOutcome {
-                    hit: n(Outcome::Hit),
-                    no_socket: n(Outcome::NoSocket),
-                    bad_len: n(Outcome::BadLen),
-                    bad_netns: n(Outcome::BadNetns),
-                    bad_flags: n(Outcome::BadFlags),
-                },
+                hits: cells[Outcome::Hit.index()].calls,
+                hit_pct: pct(cells[Outcome::Hit.index()].calls, all.calls),
+                outcomes: ByOutcome::of(&cells),
                 timed: hist.count,
                 latency_ns: hist.percentiles(),
                 acquired: all.acquired.iter().sum(),

@@ -321,6 +321,20 @@ pub struct ByOutcome {
     pub bad_flags: u64,
 }
 
+impl ByOutcome {
+    /// Calls per outcome of cells indexed by outcome.
+    pub fn of(cells: &[Cell; Outcome::COUNT]) -> ByOutcome {
+        let n = |o: Outcome| cells[o.index()].calls;
+        ByOutcome {
+            hit: n(Outcome::Hit),
+            no_socket: n(Outcome::NoSocket),
+            bad_len: n(Outcome::BadLen),
+            bad_netns: n(Outcome::BadNetns),
+            bad_flags: n(Outcome::BadFlags),
+        }
+    }
+}
+
 /// The program a row belongs to (`--by program`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProgramRef {
@@ -425,13 +439,7 @@ impl HelperStats {
             timed: all.hist.count,
             hits,
             hit_pct: pct(hits, all.calls),
-            outcomes: ByOutcome {
-                hit: hits,
-                no_socket: n(Outcome::NoSocket),
-                bad_len: n(Outcome::BadLen),
-                bad_netns: n(Outcome::BadNetns),
-                bad_flags: n(Outcome::BadFlags),
-            },
+            outcomes: ByOutcome::of(cells),
             latency_ns: all.hist.percentiles(),
             hit_latency_ns: cells[Outcome::Hit.index()].hist.percentiles(),
             acquired: acquired_by_class.total(),
@@ -840,7 +848,7 @@ fn rate(n: u64, secs: f64) -> f64 {
     }
 }
 
-fn pct(part: u64, whole: u64) -> f64 {
+pub(super) fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {

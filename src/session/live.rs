@@ -306,14 +306,11 @@ impl LiveSource {
         let Some(table) = self.session.sites.as_mut() else {
             return BTreeMap::new();
         };
+        // (A pair's lookup site took a reference: it is a cell's site too.)
         let lookups = s
             .cells
             .keys()
             .map(|k| (k.site, Callee::Lookup(k.helper)))
-            .chain(s.site_pairs.keys().filter_map(|(a, _)| {
-                let h = s.cells.keys().find(|k| k.site == *a)?.helper;
-                Some((*a, Callee::Lookup(h)))
-            }))
             .chain(
                 ledger
                     .into_iter()
@@ -324,12 +321,8 @@ impl LiveSource {
                     .iter()
                     .map(|l| (l.reference.site, Callee::Lookup(l.reference.helper))),
             );
-        let releases = s
-            .release_sites
-            .keys()
-            .map(|&a| (a, Callee::Release))
-            .collect::<Vec<_>>();
-        table.learn(lookups.collect::<Vec<_>>().into_iter().chain(releases));
+        let releases = s.release_sites.keys().map(|&a| (a, Callee::Release));
+        table.learn(lookups.chain(releases));
         table.resolved()
     }
 

@@ -568,7 +568,7 @@ impl Workload {
 
 /// The case's tuple as the programs read it: addresses and ports in network
 /// byte order in memory.
-fn wl_tuple_of(t: &Tuple) -> wl_tuple {
+pub(super) fn wl_tuple_of(t: &Tuple) -> wl_tuple {
     use std::net::IpAddr;
     let words = |o: [u8; 16]| -> [u32; 4] {
         let mut w = [0u32; 4];

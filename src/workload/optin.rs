@@ -5,9 +5,10 @@
 use anyhow::{ensure, Context, Result};
 use libbpf_rs::{Map, MapCore, MapFlags, OpenObject, ProgramInput, ProgramMut};
 
-use std::mem::MaybeUninit;
+use std::mem::{offset_of, MaybeUninit};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 
+use super::bpf::wl_tuple;
 use super::fixture::{wait_for_tcp_state, Tuple, TCP_ESTABLISHED};
 use super::packet;
 use crate::model::ids::Proto;
@@ -34,6 +35,25 @@ pub fn connection(case: &str) -> Result<(TcpListener, TcpStream, TcpStream)> {
     wait_for_tcp_state(server.local_addr()?, server.peer_addr()?, TCP_ESTABLISHED)
         .with_context(|| format!("wait for the {case} case's connection"))?;
     Ok((listener, client, server))
+}
+
+/// Writes `t` as a `struct wl_tuple` at `at` of a config's bytes (the
+/// opt-in cases look up IPv4 tuples only).
+pub fn put_tuple(b: &mut [u8], at: usize, t: &Tuple) -> Result<()> {
+    ensure!(
+        t.src.is_ipv4() && t.dst.is_ipv4(),
+        "the opt-in cases' tuples are IPv4: {} -> {}",
+        t.src,
+        t.dst
+    );
+    let w = super::wl_tuple_of(t);
+    let mut put =
+        |off: usize, bytes: &[u8]| b[at + off..at + off + bytes.len()].copy_from_slice(bytes);
+    put(offset_of!(wl_tuple, saddr), &w.saddr[0].to_ne_bytes());
+    put(offset_of!(wl_tuple, daddr), &w.daddr[0].to_ne_bytes());
+    put(offset_of!(wl_tuple, sport), &w.sport.to_ne_bytes());
+    put(offset_of!(wl_tuple, dport), &w.dport.to_ne_bytes());
+    Ok(())
 }
 
 /// Entry 0 of a one-entry ARRAY map, as bytes.

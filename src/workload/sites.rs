@@ -27,7 +27,7 @@ use crate::model::tally::Tally;
 
 crate::bpf::skeleton!(mod skel = "sites.skel.rs");
 
-use skel::types::{wl_site_counts, wl_sites_config, wl_sites_counters, wl_tuple};
+use skel::types::{wl_site_counts, wl_sites_config, wl_sites_counters};
 use skel::SitesSkel;
 
 /// The lookup sites, in `enum wl_site` order, by the marker of their line
@@ -162,27 +162,13 @@ impl SitesCounters {
     }
 }
 
-fn put_tuple(b: &mut [u8], at: usize, t: &Tuple) -> Result<()> {
-    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (t.src, t.dst) else {
-        bail!("the sites case's tuples are IPv4");
-    };
-    let mut put =
-        |off: usize, bytes: &[u8]| b[at + off..at + off + bytes.len()].copy_from_slice(bytes);
-    // Addresses and ports in network byte order, as bpf_sock_tuple has them.
-    put(offset_of!(wl_tuple, saddr), &src.ip().octets());
-    put(offset_of!(wl_tuple, daddr), &dst.ip().octets());
-    put(offset_of!(wl_tuple, sport), &src.port().to_be_bytes());
-    put(offset_of!(wl_tuple, dport), &dst.port().to_be_bytes());
-    Ok(())
-}
-
 /// Serializes the config as the C `struct wl_sites_config` lays it out.
 fn config_bytes(armed: bool, tcp: &Tuple, udp: &Tuple, none: &Tuple) -> Result<Vec<u8>> {
     let mut b = vec![0u8; size_of::<wl_sites_config>()];
     b[offset_of!(wl_sites_config, armed)..][..4].copy_from_slice(&u32::from(armed).to_ne_bytes());
-    put_tuple(&mut b, offset_of!(wl_sites_config, tcp), tcp)?;
-    put_tuple(&mut b, offset_of!(wl_sites_config, udp), udp)?;
-    put_tuple(&mut b, offset_of!(wl_sites_config, none), none)?;
+    optin::put_tuple(&mut b, offset_of!(wl_sites_config, tcp), tcp)?;
+    optin::put_tuple(&mut b, offset_of!(wl_sites_config, udp), udp)?;
+    optin::put_tuple(&mut b, offset_of!(wl_sites_config, none), none)?;
     Ok(b)
 }
 

@@ -16,7 +16,7 @@
 //! syscalls: no mmap, no unsafe code.
 
 use std::mem::{offset_of, size_of};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -29,7 +29,7 @@ use crate::model::ids::SockClass;
 
 crate::bpf::skeleton!(mod skel = "sockhash.skel.rs");
 
-use skel::types::{wl_sockhash_config, wl_sockhash_counters, wl_tuple};
+use skel::types::{wl_sockhash_config, wl_sockhash_counters};
 use skel::SockhashSkel;
 
 /// The SOCKHASH key of the socket the program takes out.
@@ -105,12 +105,8 @@ impl SockhashCounters {
 /// Serializes the config as the C `struct wl_sockhash_config` lays it out
 /// (offsets from the generated type; padding stays zero).
 fn config_bytes(armed: bool, tuple: &Tuple) -> Result<Vec<u8>> {
-    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (tuple.src, tuple.dst) else {
-        bail!("the sockhash case's tuple is IPv4");
-    };
     let mut b = vec![0u8; size_of::<wl_sockhash_config>()];
     let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
-    let t = offset_of!(wl_sockhash_config, tuple);
     put(
         offset_of!(wl_sockhash_config, armed),
         &u32::from(armed).to_ne_bytes(),
@@ -119,11 +115,7 @@ fn config_bytes(armed: bool, tuple: &Tuple) -> Result<Vec<u8>> {
         offset_of!(wl_sockhash_config, key),
         &SOCKHASH_KEY.to_ne_bytes(),
     );
-    // Addresses and ports in network byte order, as bpf_sock_tuple has them.
-    put(t + offset_of!(wl_tuple, saddr), &src.ip().octets());
-    put(t + offset_of!(wl_tuple, daddr), &dst.ip().octets());
-    put(t + offset_of!(wl_tuple, sport), &src.port().to_be_bytes());
-    put(t + offset_of!(wl_tuple, dport), &dst.port().to_be_bytes());
+    optin::put_tuple(&mut b, offset_of!(wl_sockhash_config, tuple), tuple)?;
     Ok(b)
 }
 
@@ -212,6 +204,7 @@ impl SockhashCase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skel::types::wl_tuple;
 
     #[test]
     fn counters_decode_at_the_c_offsets() {

@@ -1,7 +1,7 @@
 //! What the running kernel offers: its release, BTF, which helper functions
 //! exist (BTF for fentry, kallsyms for kprobes), and our privileges.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use anyhow::{Context, Result};
@@ -21,6 +21,16 @@ pub struct KernelFunctions {
     pub kallsyms: BTreeSet<String>,
     /// Why BTF could not be read, if it could not.
     pub btf_error: Option<String>,
+    /// Addresses of the built-in text symbols among the traced functions
+    /// and `__bpf_call_base`, as /proc/kallsyms gave them (zero when
+    /// hidden): what call-site capture and attribution resolve against.
+    /// Kept from the one read at start-up, since producing /proc/kallsyms
+    /// takes the kernel a second under emulation and it is the same text.
+    #[serde(skip)]
+    pub addrs: BTreeMap<String, u64>,
+    /// Why /proc/kallsyms could not be read, if it could not.
+    #[serde(skip)]
+    pub kallsyms_error: Option<String>,
 }
 
 impl KernelFunctions {
@@ -34,13 +44,24 @@ impl KernelFunctions {
             Ok(set) => (set, None),
             Err(e) => (BTreeSet::new(), Some(format!("{e:#}"))),
         };
-        let kallsyms = fs::read_to_string("/proc/kallsyms")
-            .map(|text| kallsyms_functions(&text, &wanted))
-            .unwrap_or_default();
+        let (kallsyms, addrs, kallsyms_error) = match fs::read_to_string("/proc/kallsyms") {
+            Ok(text) => (
+                kallsyms_functions(&text, &wanted),
+                kallsyms_addrs(&text, &wanted),
+                None,
+            ),
+            Err(e) => (
+                BTreeSet::new(),
+                BTreeMap::new(),
+                Some(format!("read /proc/kallsyms: {e}")),
+            ),
+        };
         KernelFunctions {
             btf,
             kallsyms,
             btf_error,
+            addrs,
+            kallsyms_error,
         }
     }
 
@@ -94,6 +115,29 @@ pub fn kallsyms_functions(text: &str, wanted: &[&str]) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// Addresses of `wanted` and `__bpf_call_base` among /proc/kallsyms'
+/// built-in text symbols (a module symbol carries "[module]" after its
+/// name; the helpers are built into vmlinux).
+pub fn kallsyms_addrs(text: &str, wanted: &[&str]) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_ascii_whitespace();
+            let (addr, kind, name) = (it.next()?, it.next()?, it.next()?);
+            if !matches!(kind, "t" | "T") || it.next().is_some() {
+                return None;
+            }
+            if name != CALL_BASE_SYM && !wanted.contains(&name) {
+                return None;
+            }
+            Some((name.to_string(), u64::from_str_radix(addr, 16).ok()?))
+        })
+        .collect()
+}
+
+/// The symbol BPF helper calls are relative to: a call's `imm` is the
+/// helper's address minus this one.
+pub const CALL_BASE_SYM: &str = "__bpf_call_base";
 
 /// The running kernel's release (`uname -r`).
 pub fn release() -> String {

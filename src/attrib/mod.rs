@@ -209,6 +209,13 @@ impl Attributor {
         }
     }
 
+    /// The helpers' addresses, when the caller has read them already
+    /// (the session, from its start-up read of /proc/kallsyms); otherwise
+    /// the first rescan reads them.
+    pub fn set_helper_addrs(&mut self, addrs: HelperAddrs) {
+        self.addrs = Some(addrs);
+    }
+
     /// Traces each run's start and end into the ring buffer (for programs
     /// traced from now on): the ledger trace of `leaks --trace`.
     pub fn set_trace(&mut self, on: bool) {

@@ -12,11 +12,11 @@
 //! `__bpf_call_base + imm`, resolved against /proc/kallsyms, exactly as
 //! bpftool's xlated dumper (`print_call_helper`) does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Result};
 
-use crate::kernel::RELEASE_FN;
+use crate::kernel::{kallsyms_addrs, CALL_BASE_SYM, RELEASE_FN};
 use crate::model::ids::Helper;
 
 /// `BPF_JMP | BPF_CALL`.
@@ -25,8 +25,6 @@ pub const CALL: u8 = 0x85;
 pub const LD_IMM64: u8 = 0x18;
 /// Size of `struct bpf_insn`.
 pub const INSN_SIZE: usize = 8;
-/// The symbol helper-call offsets are relative to.
-pub const CALL_BASE_SYM: &str = "__bpf_call_base";
 
 /// One `struct bpf_insn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,38 +108,26 @@ impl HelperAddrs {
     /// missing or the addresses are hidden (all zero: not root, or
     /// `kernel.kptr_restrict` = 2), since nothing could be resolved then.
     pub fn from_kallsyms(text: &str) -> Result<HelperAddrs> {
-        let mut call_base = None;
+        let wanted: Vec<&str> = Helper::ALL
+            .iter()
+            .map(|h| h.function())
+            .chain([RELEASE_FN])
+            .collect();
+        HelperAddrs::from_symbols(&kallsyms_addrs(text, &wanted))
+    }
+
+    /// From the symbol addresses [`KernelFunctions`](crate::kernel::KernelFunctions)
+    /// read at start-up; fails as [`HelperAddrs::from_kallsyms`].
+    pub fn from_symbols(addrs: &BTreeMap<String, u64>) -> Result<HelperAddrs> {
         let mut targets = HashMap::new();
-        for line in text.lines() {
-            let mut it = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            // Module symbols carry "[module]" after the name; the helpers
-            // and __bpf_call_base are built into vmlinux.
-            if !matches!(kind, "t" | "T") || it.next().is_some() {
-                continue;
-            }
-            let target = if name == CALL_BASE_SYM {
-                None
-            } else if name == RELEASE_FN {
-                Some(CallTarget::Release)
+        for (name, &addr) in addrs {
+            if name == RELEASE_FN {
+                targets.insert(addr, CallTarget::Release);
             } else if let Some(h) = Helper::from_function(name) {
-                Some(CallTarget::Lookup(h))
-            } else {
-                continue;
-            };
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            match target {
-                None => call_base = Some(addr),
-                Some(t) => {
-                    targets.insert(addr, t);
-                }
+                targets.insert(addr, CallTarget::Lookup(h));
             }
         }
-        let Some(call_base) = call_base else {
+        let Some(&call_base) = addrs.get(CALL_BASE_SYM) else {
             bail!("/proc/kallsyms has no {CALL_BASE_SYM}: helper calls cannot be resolved");
         };
         if call_base == 0 || targets.keys().any(|&a| a == 0) {

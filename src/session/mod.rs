@@ -121,10 +121,19 @@ impl Session {
             .into());
         }
         let funcs = KernelFunctions::discover();
+        // One read of /proc/kallsyms serves the kernel check, site capture
+        // and attribution.
+        let helper_addrs = match &funcs.kallsyms_error {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => HelperAddrs::from_symbols(&funcs.addrs),
+        };
         let site_addrs = if opts.sites {
-            let text = std::fs::read_to_string("/proc/kallsyms")
-                .map_err(|e| anyhow::anyhow!("read /proc/kallsyms for --sites: {e}"))?;
-            Some(HelperAddrs::from_kallsyms(&text)?)
+            Some(
+                helper_addrs
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("--sites: {e:#}"))?
+                    .clone(),
+            )
         } else {
             None
         };
@@ -177,6 +186,11 @@ impl Session {
                     kprobes || by == AttributeBy::Stack,
                 );
                 a.set_trace(opts.ledger_trace);
+                // On failure the first rescan reads kallsyms again and
+                // reports why in its own words.
+                if let Ok(addrs) = &helper_addrs {
+                    a.set_helper_addrs(addrs.clone());
+                }
                 (Some(a), None)
             }
         };

@@ -108,7 +108,8 @@ pub fn guest_batch(
     for (name, script) in scripts {
         std::fs::write(dir.join(format!("{name}.sh")), script).expect("write a batch script");
         main += &format!(
-            "sh {d}/{name}.sh </dev/null >{d}/{name}.out 2>{d}/{name}.err; echo $? >{d}/{name}.status\n"
+            "t0=$(cat /proc/uptime); sh {d}/{name}.sh </dev/null >{d}/{name}.out 2>{d}/{name}.err; \
+             echo $? >{d}/{name}.status; echo \"$t0 $(cat /proc/uptime)\" >{d}/{name}.time\n"
         );
     }
     let out = guest_sh(kernel, timeout_s, &main);
@@ -133,6 +134,18 @@ pub fn guest_batch(
              failure): {}\n{so_far}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+    // Where a guest's time goes, in guest seconds (emulated time, so
+    // comparable between scenarios of one run): printed with the test's
+    // output.
+    for (name, _) in scripts {
+        let t: Vec<f64> = read(name, "time")
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [start, _, end, _] = t[..] {
+            eprintln!("guest_batch {kernel} {name}: {:.1} s", end - start);
+        }
     }
     let runs = scripts
         .iter()

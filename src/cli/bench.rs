@@ -21,6 +21,7 @@ use std::any::Any;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::attrib::xlated::HelperAddrs;
 use crate::attrib::Attributor;
 use crate::bpf::floor::Floor;
 use crate::bpf::probes::{LatencySample, ProbeMode, ProbeOptions, Probes};
@@ -79,6 +80,9 @@ pub enum Config {
     /// The probes, the ledger and fentry/fexit on the calling program:
     /// `skprof stat`'s default.
     Attribution,
+    /// The default with call sites recorded (`--sites`, as `stat --by
+    /// site` and `annotate` run): the price of site capture.
+    Sites,
     /// The default with every call timed (`--latency-sample all`): the
     /// price of exact latency on a hot path.
     TimeAll,
@@ -93,12 +97,13 @@ pub enum Config {
 
 impl Config {
     /// What --configs times by default: the floor and every tracer.
-    pub const DEFAULT: [Config; 9] = [
+    pub const DEFAULT: [Config; 10] = [
         Config::Floor,
         Config::FloorProg,
         Config::Aggregation,
         Config::Ledger,
         Config::Attribution,
+        Config::Sites,
         Config::TimeAll,
         Config::Places,
         Config::StackAttribution,
@@ -113,6 +118,7 @@ impl Config {
             Config::Aggregation => "aggregation",
             Config::Ledger => "+ledger",
             Config::Attribution => "+attribution",
+            Config::Sites => "+sites",
             Config::TimeAll => "+time all",
             Config::Places => "+places",
             Config::StackAttribution => "+stack attr",
@@ -222,6 +228,40 @@ pub fn summarize(rs: &[Ratio]) -> Vec<Summary> {
         .collect()
 }
 
+/// What call-site capture adds to the default, per case.
+#[derive(Debug, Clone, Serialize)]
+pub struct SitePrice {
+    pub case: String,
+    /// ns (instructions under `--icount`) the default adds over no tracer.
+    pub default_added_ns: f64,
+    /// The same with sites recorded.
+    pub sites_added_ns: f64,
+    /// How much more `+sites` adds than `+attribution`, in %.
+    pub more_pct: f64,
+}
+
+/// Per case, `+sites`' added cost against the default's, from the medians
+/// over passes (pure; cases without both are left out).
+pub fn site_price(su: &[Summary]) -> Vec<SitePrice> {
+    let find = |case: &str, config| {
+        su.iter()
+            .find(|s| s.case == case && s.config == config)
+            .map(|s| s.added_ns)
+    };
+    su.iter()
+        .filter(|s| s.config == Config::Sites)
+        .filter_map(|s| {
+            let default = find(&s.case, Config::Attribution)?;
+            (default > 0.0 && s.added_ns.is_finite()).then(|| SitePrice {
+                case: s.case.clone(),
+                default_added_ns: default,
+                sites_added_ns: s.added_ns,
+                more_pct: (s.added_ns / default - 1.0) * 100.0,
+            })
+        })
+        .collect()
+}
+
 /// Min and median of measurements (pure).
 pub fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     if v.is_empty() {
@@ -251,7 +291,7 @@ pub fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
             let none = get(m.pass, &m.case, Config::None)?;
             let prog_floor = matches!(
                 m.config,
-                Config::Attribution | Config::TimeAll | Config::Places
+                Config::Attribution | Config::Sites | Config::TimeAll | Config::Places
             )
             .then(|| get(m.pass, &m.case, Config::FloorProg))
             .flatten();
@@ -425,9 +465,28 @@ fn attach(
         Config::Aggregation => Box::new(probes(ProbeMode::Fentry, false, false)?),
         Config::Ledger => Box::new(probes(ProbeMode::Fentry, true, false)?),
         Config::Kprobe => Box::new(probes(ProbeMode::Kprobe, true, false)?),
-        Config::Attribution | Config::TimeAll | Config::Places | Config::StackAttribution => {
+        Config::Attribution
+        | Config::Sites
+        | Config::TimeAll
+        | Config::Places
+        | Config::StackAttribution => {
             let stack = config == Config::StackAttribution;
-            let mut p = probes(ProbeMode::Fentry, true, config == Config::Places)?;
+            let mut p = if config == Config::Sites {
+                let addrs = HelperAddrs::from_symbols(&funcs.addrs)
+                    .context("call sites need the helpers' addresses")?;
+                Probes::load(
+                    ProbeMode::Fentry,
+                    funcs,
+                    &ProbeOptions {
+                        ledger: true,
+                        sites: Some(addrs.site_fns()),
+                        sampling,
+                        ..ProbeOptions::default()
+                    },
+                )?
+            } else {
+                probes(ProbeMode::Fentry, true, config == Config::Places)?
+            };
             let mut attrib = Attributor::new(8, stack);
             attrib
                 .rescan(p.shared_maps())
@@ -484,7 +543,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "passes": args.passes, "latency_sample": args.latency_sample.to_string(),
             "hardware_counters": hw_missing.is_none(),
             "hardware_counters_note": hw_missing,
-            "measurements": ms, "ratios": rs, "spread": sp, "summary": su});
+            "measurements": ms, "ratios": rs, "spread": sp, "summary": su,
+            "site_price": site_price(&su)});
         println!("{v}");
         return Ok(());
     }
@@ -580,6 +640,17 @@ pub fn format_tables(
                 s.x_floor,
                 s.x_none,
                 s.floor.label()
+            );
+        }
+    }
+    let price = site_price(su);
+    if !price.is_empty() {
+        t +=
+            "\ncall-site capture: what +sites adds against what the default (+attribution) adds:\n";
+        for p in price {
+            t += &format!(
+                "{:<16} {:>9.1} vs {:>9.1}  {:+.1}%\n",
+                p.case, p.sites_added_ns, p.default_added_ns, p.more_pct
             );
         }
     }
@@ -685,6 +756,47 @@ mod tests {
         // Without the program floor timed, attribution is to the floor.
         let rs = ratios(&[ms[0].clone(), ms[1].clone(), ms[4].clone()]);
         assert_eq!((rs[1].x_floor, rs[1].floor), (3.0, Config::Floor));
+    }
+
+    #[test]
+    fn site_price_is_against_the_default_of_the_same_case() {
+        let ms = [
+            m(1, Config::None, 100.0),
+            m(1, Config::Floor, 300.0),
+            m(1, Config::FloorProg, 500.0),
+            m(1, Config::Attribution, 900.0),
+            m(1, Config::Sites, 1000.0),
+        ];
+        let rs = ratios(&ms);
+        let sites = rs.iter().find(|r| r.config == Config::Sites).unwrap();
+        assert_eq!((sites.x_floor, sites.floor), (2.25, Config::FloorProg));
+        let su = summarize(&rs);
+        let p = site_price(&su);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].default_added_ns, p[0].sites_added_ns), (800.0, 900.0));
+        assert!((p[0].more_pct - 12.5).abs() < 1e-9);
+        let args = BenchArgs {
+            repeat: 10,
+            runs: 1,
+            passes: 1,
+            cases: vec!["tcp/listener".into()],
+            configs: vec![Config::Attribution, Config::Sites],
+            latency_sample: LatencySample::AUTO,
+            json: false,
+        };
+        let t = format_tables(&args, &ms, &rs, &[], &su, None);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("tcp/listener") && l.ends_with("+12.5%")),
+            "{t}"
+        );
+        // Without the default timed there is nothing to compare with.
+        assert!(site_price(&summarize(&ratios(&[
+            ms[0].clone(),
+            ms[1].clone(),
+            ms[4].clone()
+        ])))
+        .is_empty());
     }
 
     #[test]

@@ -44,12 +44,18 @@ pub fn program_label(p: &ProgramRef) -> String {
 
 /// Where a call site is, in a few characters: `file.c:LINE` from the
 /// program's line info, else `func+0xOFF` in its JIT image, else the bare
-/// address (a site in no known program).
+/// address (a site in no known program). Line 0 is code the compiler made
+/// of several source lines (identical calls merged, say): no one line is
+/// the call's, so it reads `func+0xOFF (file.c, merged code)`.
 pub fn site_place(s: &Site) -> String {
     match (&s.line, s.prog_id) {
         (Some(l), _) => {
             let file = l.file.rsplit('/').next().unwrap_or(&l.file);
-            format!("{file}:{}", l.line)
+            if l.line == 0 {
+                format!("{}+{:#x} ({file}, merged code)", s.func, s.offset)
+            } else {
+                format!("{file}:{}", l.line)
+            }
         }
         (None, 0) => format!("{:#x}", s.addr),
         (None, _) => format!("{}+{:#x}", s.func, s.offset),
@@ -180,6 +186,33 @@ pub fn hold_coverage(timed: u64, released: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_site_on_line_0_is_merged_code_not_a_line() {
+        use crate::model::sites::SourceLine;
+        let mut s = Site {
+            addr: 0xffff_ffff_c000_07c0,
+            prog_id: 5,
+            prog_name: "bpf_sk_assign_t".into(),
+            func: "bpf_sk_assign_test".into(),
+            offset: 0x143,
+            insn: None,
+            line: Some(SourceLine {
+                insn: 61,
+                file: "/src/test_sk_assign.c".into(),
+                line: 0,
+                col: 0,
+                text: String::new(),
+            }),
+        };
+        assert_eq!(
+            site_source(&s),
+            "bpf_sk_assign_test+0x143 (test_sk_assign.c, merged code)"
+        );
+        s.line.as_mut().unwrap().line = 127;
+        s.line.as_mut().unwrap().text = "\tbpf_sk_release(sk);".into();
+        assert_eq!(site_source(&s), "test_sk_assign.c:127: bpf_sk_release(sk);");
+    }
 
     #[test]
     fn sockhash_releases_are_balanced_and_named() {

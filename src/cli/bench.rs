@@ -70,8 +70,8 @@ pub enum Config {
     /// Empty fentry/fexit on the helpers, empty fentry on the release.
     Floor,
     /// The floor and an empty fentry/fexit on the calling program: the
-    /// floor of attribution by tracing (x FLOOR of +attribution and
-    /// +places is to this one when it is timed).
+    /// floor of attribution by tracing (x FLOOR of +attribution, +sites,
+    /// +time all and +places is to this one when it is timed).
     FloorProg,
     /// skprof's fentry/fexit probes, aggregation only (--no-ledger).
     Aggregation,
@@ -607,8 +607,8 @@ pub fn format_tables(
         t += "\n";
     }
     if rs.iter().any(|r| r.floor == Config::FloorProg) {
-        t += "x FLOOR of +attribution and +places is to floor+prog: they trace the \
-              calling program as well as the helpers\n";
+        t += "x FLOOR of +attribution, +sites, +time all and +places is to floor+prog: \
+              they trace the calling program as well as the helpers\n";
     }
     if !sp.is_empty() {
         t += &format!(

@@ -15,7 +15,9 @@ pub struct TopArgs {
     #[arg(long, default_value = "1s", value_parser = crate::duration::interval)]
     pub interval: std::time::Duration,
     /// Rows at start (g cycles through them): per (program, helper),
-    /// helper, (netns, helper) or (interface, helper).
+    /// helper, (netns, helper), (interface, helper) or (call site,
+    /// helper): `prog[id] file.c:LINE` (site records call sites, as
+    /// --sites; see `skprof bench` for their price).
     #[arg(long, value_enum, default_value_t = Grouping::Program)]
     pub by: Grouping,
     /// Play a recording made by `skprof record` instead of tracing: the
@@ -47,6 +49,7 @@ pub fn run(args: TopArgs) -> Result<()> {
     let mut opts = args.session.options();
     // `g` regroups by netns and interface at any time.
     opts.places = true;
+    opts.sites |= grouping == Grouping::Site;
     let interval = args.interval;
     let make = move || -> Result<Box<dyn Source>> {
         match &args.replay {

@@ -47,6 +47,11 @@ pub enum RowKey {
         ifindex: u32,
         helper: Helper,
     },
+    /// A call site (its return address), with `--sites`.
+    Site {
+        site: u64,
+        helper: Helper,
+    },
 }
 
 impl RowKey {
@@ -55,7 +60,8 @@ impl RowKey {
             RowKey::Helper(h)
             | RowKey::Program { helper: h, .. }
             | RowKey::Netns { helper: h, .. }
-            | RowKey::Interface { helper: h, .. } => h,
+            | RowKey::Interface { helper: h, .. }
+            | RowKey::Site { helper: h, .. } => h,
         }
     }
 
@@ -69,6 +75,7 @@ impl RowKey {
                 RowKey::Interface { netns, ifindex, .. } => {
                     k.netns == netns && k.ifindex == ifindex
                 }
+                RowKey::Site { site, .. } => k.site == site,
             }
     }
 
@@ -77,9 +84,14 @@ impl RowKey {
         let helper = k.helper;
         match by {
             Grouping::Helper => RowKey::Helper(helper),
-            // top does not group by site yet: by program.
-            Grouping::Program | Grouping::Site => RowKey::Program {
+            Grouping::Program => RowKey::Program {
                 slot: k.prog,
+                helper,
+            },
+            // One row per call site, whatever slots its calls were
+            // charged to (as `stat --by site`).
+            Grouping::Site => RowKey::Site {
+                site: k.site,
                 helper,
             },
             Grouping::Netns => RowKey::Netns {
@@ -96,6 +108,12 @@ impl RowKey {
 
     fn of_stats(r: &HelperStats) -> Option<RowKey> {
         let helper = Helper::from_function(r.helper)?;
+        if let Some(site) = &r.site {
+            return Some(RowKey::Site {
+                site: site.addr,
+                helper,
+            });
+        }
         Some(match (&r.program, &r.place) {
             (Some(p), _) => RowKey::Program {
                 slot: p.slot,
@@ -343,7 +361,8 @@ struct Sample {
 }
 
 /// Run leaks by (program id, helper, netns).
-type LeakCounts = BTreeMap<(u32, Helper, u32), u64>;
+/// Run leaks by (program id, helper, netns, call site).
+type LeakCounts = BTreeMap<(u32, Helper, u32, u64), u64>;
 
 #[derive(Debug)]
 pub struct App {
@@ -549,10 +568,14 @@ impl App {
                 self.filter.clear();
             }
             Action::Regroup => {
+                // By site only when the data has call sites (`--sites`,
+                // `--by site`).
+                let sites = self.cur.as_ref().is_some_and(|c| !c.sites.is_empty());
                 self.grouping = match self.grouping {
                     Grouping::Program => Grouping::Helper,
                     Grouping::Helper => Grouping::Netns,
                     Grouping::Netns => Grouping::Interface,
+                    Grouping::Interface if sites => Grouping::Site,
                     Grouping::Interface | Grouping::Site => Grouping::Program,
                 };
                 // Row keys of another grouping name nothing here.
@@ -634,7 +657,8 @@ impl App {
         }
         self.run_leaks_last.clear();
         for l in &b.run_leaks {
-            let k = (l.prog_id, l.reference.helper, l.reference.netns);
+            let r = &l.reference;
+            let k = (l.prog_id, r.helper, r.netns, r.site);
             *self.run_leaks_last.entry(k).or_default() += 1;
             *self.run_leaks_since_base.entry(k).or_default() += 1;
         }
@@ -745,8 +769,8 @@ impl App {
             Window::LastInterval => &self.run_leaks_last,
         };
         let mut run_leak_rows: HashMap<RowKey, u64> = HashMap::new();
-        for (&(id, helper, netns), &n) in run_leaks {
-            if let Some(k) = ref_row(id, helper, netns, by, &slot_of_id) {
+        for (&(id, helper, netns, site), &n) in run_leaks {
+            if let Some(k) = ref_row(id, helper, netns, site, by, &slot_of_id) {
                 *run_leak_rows.entry(k).or_default() += n;
             }
         }
@@ -884,8 +908,14 @@ impl App {
                     .refs
                     .iter()
                     .filter(|r| {
-                        ref_row(r.prog_id, r.helper, r.netns, self.grouping, &slot_of_id)
-                            == Some(key)
+                        ref_row(
+                            r.prog_id,
+                            r.helper,
+                            r.netns,
+                            r.site,
+                            self.grouping,
+                            &slot_of_id,
+                        ) == Some(key)
                     })
                     .cloned()
                     .collect();
@@ -942,6 +972,9 @@ fn secs_between(a_ns: u64, b_ns: u64) -> f64 {
 
 /// How a row's first column reads.
 fn place_label(r: &HelperStats) -> String {
+    if let Some(site) = &r.site {
+        return crate::model::words::site_label(site);
+    }
     if let Some(p) = &r.program {
         return if p.id == 0 {
             p.name.clone()
@@ -965,12 +998,14 @@ fn ref_row(
     prog_id: u32,
     helper: Helper,
     netns: u32,
+    site: u64,
     by: Grouping,
     slot_of_id: &HashMap<u32, u32>,
 ) -> Option<RowKey> {
     match by {
         Grouping::Helper => Some(RowKey::Helper(helper)),
-        Grouping::Program | Grouping::Site => {
+        Grouping::Site => Some(RowKey::Site { site, helper }),
+        Grouping::Program => {
             let slot = if prog_id == 0 {
                 UNATTRIBUTED
             } else {
@@ -992,7 +1027,7 @@ fn ledger_counts(
 ) -> HashMap<RowKey, (u64, u64)> {
     let mut m: HashMap<RowKey, (u64, u64)> = HashMap::new();
     for r in &l.refs {
-        if let Some(k) = ref_row(r.prog_id, r.helper, r.netns, by, slot_of_id) {
+        if let Some(k) = ref_row(r.prog_id, r.helper, r.netns, r.site, by, slot_of_id) {
             let e = m.entry(k).or_default();
             e.0 += r.count as u64;
             if l.now_ns.saturating_sub(r.acquired_ns) >= age_ns {

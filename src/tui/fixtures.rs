@@ -320,3 +320,80 @@ pub fn app_with(n: u64, grouping: Grouping) -> App {
     }
     app
 }
+
+/// Where the fixture's helpers are called from (`--sites`): the tc
+/// program's `bpf_tc_sk_lookup_tcp` from two lines (hits from the
+/// established path, the rest from the listener fallback), every other
+/// (program, helper) from one. The untraced callers' site is in no known
+/// program.
+fn site_of(prog: u32, helper: Helper, outcome: Outcome) -> (u64, Option<(u32, &'static str)>) {
+    let base = 0xffff_ffff_c000_0000 + u64::from(prog) * 0x1_0000;
+    let h = helper.index() as u64 * 0x100;
+    match (prog, helper, outcome) {
+        (0, ..) => (base + h + 0x2f, None),
+        (1, Helper::TcSkLookupTcp, Outcome::Hit) => (
+            base + h + 0x4a,
+            Some((1130, "sk = bpf_sk_lookup_tcp(ctx, tuple, len, netns, 0);")),
+        ),
+        (1, Helper::TcSkLookupTcp, _) => (
+            base + h + 0x9e,
+            Some((1187, "sk = bpf_sk_lookup_tcp(ctx, &ln, len, netns, 0);")),
+        ),
+        _ => (
+            base + h + 0x4a,
+            Some((400 + helper.index() as u32, "sk = lookup(ctx, t);")),
+        ),
+    }
+}
+
+/// [`batch`] with call sites: every aggregate keyed by its site, the
+/// sites resolved, the tc program's outstanding references on its
+/// established path's site.
+pub fn batch_with_sites(k: u64) -> Reading {
+    use crate::model::sites::{Site, SourceLine};
+    let mut r = batch(k);
+    let programs = programs();
+    let cells = std::mem::take(&mut r.snapshot.cells);
+    for (mut key, cell) in cells {
+        let (addr, line) = site_of(key.prog, key.helper, key.outcome);
+        key.site = addr;
+        r.snapshot.cells.insert(key, cell);
+        let p = &programs[&key.prog];
+        let site = Site {
+            addr,
+            prog_id: p.id,
+            prog_name: p.name.clone(),
+            func: p.name.clone(),
+            offset: (addr & 0xfff) as u32 - 5,
+            insn: line.map(|(n, _)| n / 4),
+            line: line.map(|(n, text)| SourceLine {
+                insn: n / 4,
+                file: "/src/cilium/bpf/bpf_host.c".into(),
+                line: n,
+                col: 9,
+                text: format!("\t{text}"),
+            }),
+        };
+        r.sites.insert(addr, site);
+    }
+    let (est, _) = site_of(1, Helper::TcSkLookupTcp, Outcome::Hit);
+    let (untraced, _) = site_of(0, Helper::SkcLookupTcp, Outcome::Hit);
+    if let Some(l) = r.ledger.as_mut() {
+        for o in &mut l.refs {
+            o.site = if o.prog_id == 812 { est } else { untraced };
+        }
+    }
+    for l in &mut r.run_leaks {
+        l.reference.site = est;
+    }
+    r
+}
+
+/// An app that has taken readings 0..n with call sites.
+pub fn app_with_sites(n: u64, grouping: Grouping) -> App {
+    let mut app = App::new(info(), grouping);
+    for k in 0..n {
+        app.update(Action::Tick(Box::new(batch_with_sites(k))));
+    }
+    app
+}

@@ -389,6 +389,13 @@ fn layout_with(app: &App, width: u16, compact: bool) -> Layout1 {
         .max()
         .unwrap_or(6)
         .max(6) as u16;
+    // A site's line number is at the end of its label: room for
+    // `name[id] file.c:LINE`.
+    let cap: u16 = if app.grouping == Grouping::Site {
+        44
+    } else {
+        28
+    };
     let mut place_w = if app.grouping == Grouping::Helper {
         0
     } else {
@@ -397,7 +404,7 @@ fn layout_with(app: &App, width: u16, compact: bool) -> Layout1 {
             .map(|r| r.place.chars().count())
             .max()
             .unwrap_or(8)
-            .clamp(9, 28) as u16
+            .clamp(9, usize::from(cap)) as u16
     };
     // The ledger does not know the packet's device: nothing to show.
     let usable = |c: &NumCol| {
@@ -429,8 +436,8 @@ fn layout_with(app: &App, width: u16, compact: bool) -> Layout1 {
         }
     }
     // Spare room widens the place column (long program names).
-    if place_w > 0 && place_w < 28 {
-        place_w += room.min(28 - place_w);
+    if place_w > 0 && place_w < cap {
+        place_w += room.min(cap - place_w);
     }
     Layout1 {
         place_w,
@@ -475,6 +482,7 @@ fn draw_table(f: &mut Frame, area: Rect, app: &App) {
         let t = match app.grouping {
             Grouping::Program => "PROGRAM",
             Grouping::Netns => "NETNS",
+            Grouping::Site => "SITE",
             _ => "INTERFACE",
         };
         header.push(Cell::from(title(Column::Name, t)));
@@ -926,7 +934,10 @@ fn draw_help(f: &mut Frame, area: Rect) {
         k("s  >  <", "sort by the next / previous column"),
         k("S", "reverse the sort"),
         k("/", "filter by program, helper, netns or program id"),
-        k("g", "group by program, helper, netns, interface"),
+        k(
+            "g",
+            "group by program, helper, netns, interface (site with --sites)",
+        ),
         k("t", "figures since reset, or over the last interval"),
         k("space", "pause (readings go on in the background)"),
         k("r", "reset: figures count from now"),

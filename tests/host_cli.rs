@@ -4,21 +4,12 @@
 //! Also what needs no tracing: usage errors, and the systemd units in
 //! packaging/.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
-fn skprof(args: &[&str]) -> Output {
-    Command::new(SKPROF)
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run skprof")
-}
-
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{skprof, stderr_of};
 
 fn assert_one_clean_line(stderr: &str) {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");

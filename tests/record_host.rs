@@ -3,7 +3,7 @@
 //! them, and one-line errors (never a panic) for every kind of bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use skprof::model::hist::LogHist;
@@ -12,7 +12,6 @@ use skprof::model::snapshot::{Cell, CellKey, Grouping, IntervalStats, ProgramRef
 use skprof::model::tally::HelperTally;
 use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer, FORMAT_VERSION, MAGIC};
 
-const SKPROF: &str = env!("CARGO_BIN_EXE_skprof");
 
 /// A path of this test process's own, removed (file or directory) on drop.
 struct Tmp(PathBuf);
@@ -38,17 +37,8 @@ impl Drop for Tmp {
     }
 }
 
-fn skprof(args: &[&str]) -> Output {
-    Command::new(SKPROF)
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run skprof")
-}
-
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{skprof, stderr_of};
 
 fn stdout_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

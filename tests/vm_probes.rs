@@ -316,7 +316,9 @@ fn places_exact(kernel: &str, run: &Run) {
     }
 }
 
-/// skprof started and killed by each signal in turn.
+/// skprof started and ended by SIGINT (its clean stop; SIGTERM takes the
+/// same handler and is sent in vm_leaks_watch) and by SIGKILL (the kernel
+/// detaches what a dead process held).
 fn signals_detach_script(kernel: &str) -> String {
     // The guests share the host's /tmp, and their shells' PIDs are alike:
     // name the output file after this host process and the kernel.
@@ -326,7 +328,7 @@ fn signals_detach_script(kernel: &str) -> String {
 count() {{ bpftool prog show 2>/dev/null | grep -cE 'name (fentry|fexit|kprobe|kretprobe)_bpf_' ; }}
 links() {{ bpftool link show 2>/dev/null | grep -c '^[0-9]' ; }}
 echo "before $(count) $(links)"
-for sig in INT TERM KILL; do
+for sig in INT KILL; do
   {SKPROF} stat 1 >{out_file} 2>&1 &
   pid=$!
   i=0
@@ -351,7 +353,7 @@ fn signals_detach(kernel: &str, run: &Run) {
     assert_eq!(run.status, 0, "{kernel}: {}", run.stderr);
     let out = &run.stdout;
     assert!(out.contains("before 0 0"), "{kernel}: clean guest: {out}");
-    for sig in ["INT", "TERM", "KILL"] {
+    for sig in ["INT", "KILL"] {
         // 13 fentry + 12 fexit programs attached while running.
         assert!(
             out.contains(&format!("attached {sig} 25")),
@@ -362,11 +364,8 @@ fn signals_detach(kernel: &str, run: &Run) {
             "{kernel} {sig}: {out}"
         );
     }
-    // SIGINT and SIGTERM end skprof cleanly; SIGKILL is 128 + 9.
-    assert!(
-        out.contains("exit INT 0") && out.contains("exit TERM 0"),
-        "{out}"
-    );
+    // SIGINT ends skprof cleanly; SIGKILL is 128 + 9.
+    assert!(out.contains("exit INT 0"), "{out}");
     assert!(out.contains("exit KILL 137"), "{out}");
 }
 

@@ -238,21 +238,7 @@ fn sites_exact(kernel: &str) {
     );
     let dir = std::env::temp_dir().join(format!("skprof-vm-sites-{kernel}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = common::guest_sh(kernel, 600, &script(&dir));
-    let out = common::Outputs {
-        dir: dir.clone(),
-        kernel: kernel.to_string(),
-        log: format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        ),
-    };
-    assert!(
-        run.status.success(),
-        "{kernel}: guest script failed:\n{}",
-        out.log
-    );
+    let out = common::Outputs::run(kernel, 600, dir.clone(), &script(&dir));
     for m in MODES {
         check_mode(&out, m, &markers);
     }

@@ -110,20 +110,9 @@ fn run_guest(kernel: &str) -> common::Outputs {
     // Six skprof processes load their probes and trace the workload's
     // programs on one emulated CPU thread (TCG, thread=single): about
     // 4 minutes on a loaded 2-core host before the workload even starts.
-    let out = common::guest_sh(kernel, 1500, &script(&dir));
-    let log = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "guest script failed on {kernel}:\n{log}\n{stderr}"
-    );
-    assert!(log.contains("done"), "{kernel}: {log}");
-    common::Outputs {
-        dir,
-        kernel: kernel.to_string(),
-        log,
-    }
+    let out = common::Outputs::run(kernel, 1500, dir.clone(), &script(&dir));
+    assert!(out.log.contains("done"), "{kernel}: {}", out.log);
+    out
 }
 
 /// The workload's own counts: (acquired M, released M + N, unmatched N),

@@ -240,21 +240,7 @@ fn third_party(kernel: &str) {
     let _ = std::fs::remove_dir_all(&dir);
     let src = build(&dir);
     let names = sites(&src);
-    let run = common::guest_sh(kernel, 600, &script(&dir));
-    let out = common::Outputs {
-        dir: dir.clone(),
-        kernel: kernel.to_string(),
-        log: format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        ),
-    };
-    assert!(
-        run.status.success(),
-        "{kernel}: guest script failed:\n{}",
-        out.log
-    );
+    let out = common::Outputs::run(kernel, 600, dir.clone(), &script(&dir));
     out.ok("load", "load.err");
     assert!(!out.log.contains("prog run"), "{kernel}: {}", out.log);
     for m in MODES {

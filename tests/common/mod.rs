@@ -196,6 +196,29 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Runs `script` in a guest of the `kernel` series, stopped after
+    /// `timeout_s`, writing its files into `dir` (the guest shares the
+    /// host's /tmp). Panics with its output if the script failed.
+    pub fn run(kernel: &str, timeout_s: u32, dir: PathBuf, script: &str) -> Outputs {
+        let run = guest_sh(kernel, timeout_s, script);
+        let out = Outputs {
+            dir,
+            kernel: kernel.to_string(),
+            log: format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            ),
+        };
+        assert!(
+            run.status.success(),
+            "{kernel}: guest script failed ({:?}):\n{}",
+            run.status.code(),
+            out.log
+        );
+        out
+    }
+
     pub fn read(&self, name: &str) -> String {
         let p = self.dir.join(name);
         std::fs::read_to_string(&p).unwrap_or_else(|e| {
@@ -228,6 +251,21 @@ impl Outputs {
             self.read(stderr_file)
         );
     }
+}
+
+/// `skprof ARGS` run on the host, with backtraces on (a panic must show
+/// where).
+pub fn skprof(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_skprof"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run skprof")
+}
+
+/// A command's stderr as text.
+pub fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A JSON count (panics with the value when it is not one).

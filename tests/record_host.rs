@@ -12,7 +12,6 @@ use skprof::model::snapshot::{Cell, CellKey, Grouping, IntervalStats, ProgramRef
 use skprof::model::tally::HelperTally;
 use skprof::record::{Frame, Interval, Leaks, LedgerScan, Meta, Writer, FORMAT_VERSION, MAGIC};
 
-
 /// A path of this test process's own, removed (file or directory) on drop.
 struct Tmp(PathBuf);
 

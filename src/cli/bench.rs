@@ -441,11 +441,22 @@ fn attach(
     w: &Workload,
     sampling: LatencySample,
 ) -> Result<Box<dyn Any>> {
-    // As `stat` runs by default: no place reads, but in +places.
-    let probes = |mode, ledger, places| {
+    // As `stat` runs by default: no place reads, but in +places; call
+    // sites in +sites.
+    let addrs = HelperAddrs::from_symbols(&funcs.addrs);
+    let probes = |mode, ledger, places| -> Result<Probes> {
+        let sites = if config == Config::Sites {
+            let a = addrs
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("call sites need the helpers' addresses: {e:#}"))?;
+            Some(a.site_fns())
+        } else {
+            None
+        };
         let opts = ProbeOptions {
             ledger,
             places,
+            sites,
             sampling: if config == Config::TimeAll {
                 LatencySample::Every(1)
             } else {
@@ -471,23 +482,12 @@ fn attach(
         | Config::Places
         | Config::StackAttribution => {
             let stack = config == Config::StackAttribution;
-            let mut p = if config == Config::Sites {
-                let addrs = HelperAddrs::from_symbols(&funcs.addrs)
-                    .context("call sites need the helpers' addresses")?;
-                Probes::load(
-                    ProbeMode::Fentry,
-                    funcs,
-                    &ProbeOptions {
-                        ledger: true,
-                        sites: Some(addrs.site_fns()),
-                        sampling,
-                        ..ProbeOptions::default()
-                    },
-                )?
-            } else {
-                probes(ProbeMode::Fentry, true, config == Config::Places)?
-            };
+            let mut p = probes(ProbeMode::Fentry, true, config == Config::Places)?;
             let mut attrib = Attributor::new(8, stack);
+            // The helpers' addresses from the start-up read of kallsyms.
+            if let Ok(a) = &addrs {
+                attrib.set_helper_addrs(a.clone());
+            }
             attrib
                 .rescan(p.shared_maps())
                 .context("attribute the workload's programs")?;
